@@ -1,0 +1,635 @@
+"""``ContrastiveAEDetector``: the scikit-learn estimator."""
+
+import warnings
+from contextlib import contextmanager
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.metrics import average_precision_score
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+from skorch.callbacks import EarlyStopping
+from skorch.dataset import ValidSplit
+
+from ._loss import ContrastiveLoss
+from ._module import ACTIVATIONS, AutoEncoder
+from ._net import ContrastiveAENet
+from ._scores import SCORE_METHODS, LatentScorer, RobustScale, encode_rows
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
+
+# Main-group rows kept as latent neighbours for the latent score; more rows
+# cost memory and query time without changing the score much.
+MAX_REFERENCE_ROWS = 10_000
+
+# Percentile of the main group's training scores that bounds the threshold of
+# contamination="auto".
+AUTO_MAIN_PERCENTILE = 99.0
+
+
+def _denormals_flushed():
+    """Return True if float32 denormals are currently flushed to zero."""
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    return bool((tiny * 1.0)[0] == 0)
+
+
+@contextmanager
+def flush_denormals():
+    """Flush float32 denormals to zero inside the block.
+
+    A saturated ``tanh`` latent produces denormal gradients, which are
+    30-60 times slower to compute on x86 CPUs. The caller's setting is
+    restored on exit.
+    """
+    was_flushed = _denormals_flushed()
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported and not was_flushed:
+            torch.set_flush_denormal(False)
+
+
+def _is_integer_array(values):
+    return values.dtype.kind in "iub"
+
+
+class ContrastiveAEDetector(OutlierMixin, BaseEstimator):
+    """Autoencoder detector that ranks one kind of outlier, the defect, first.
+
+    The detector trains a fully connected autoencoder with a contrastive loss:
+    the reconstruction error of the main group (every row not labeled as a
+    defect), minus a bounded distance between main-group rows and labeled
+    defects, plus the spread of the main group, both measured in the latent
+    space. The autoencoder thus learns the normal data, is shown what it must
+    not learn, and places the defects apart from the main group. Rows are
+    then scored by where their latent code lies relative to the main group and
+    to the labeled defects, so that unseen defects rank above other, harmless
+    outliers, which a plain autoencoder cannot tell apart.
+
+    With ``y=None`` (or no row equal to ``defect_label``) the detector is a
+    plain autoencoder scored by reconstruction error.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : tuple of int, default=(64, 32)
+        Widths of the encoder's hidden layers, from the input inwards. The
+        decoder mirrors them.
+
+    latent_dim : int, default=8
+        Width of the latent code.
+
+    activation : {"relu", "leaky_relu", "elu", "gelu", "tanh"}, default="relu"
+        Non-linearity after each hidden layer.
+
+    dropout : float, default=0.0
+        Dropout probability after each hidden layer, in [0, 1).
+
+    contrast : {"hinge", "squared"}, default="hinge"
+        Form of the repulsion between main group and defects. ``"hinge"``
+        pushes every defect at least ``margin`` away from every main-group
+        row and then stops. ``"squared"`` is the literal negative mean squared
+        distance, made bounded by a ``tanh`` latent and a cap of ``4 *
+        margin**2``. See :class:`ContrastiveLoss`.
+
+    contrast_space : {"latent", "output"}, default="latent"
+        Where the repulsion and compactness distances are measured: on the
+        latent code, so that reorganising it costs no reconstruction quality,
+        or on the reconstruction.
+
+    repulsion_weight : float, default=0.1
+        Weight of the repulsion term, >= 0.
+
+    compactness_weight : float, default=0.1
+        Weight of the compactness term (the mean squared distance between two
+        main-group rows), >= 0.
+
+    margin : float, default=1.0
+        Hinge margin in root mean squared distance per latent coordinate, > 0.
+
+    score_method : {"auto", "reconstruction", "latent", "combined"}, \
+default="auto"
+        How rows are scored. ``"reconstruction"``: mean squared reconstruction
+        error. ``"latent"``: ``d_main / (d_main + d_defect)``, with ``d_main``
+        the mean latent distance to the ``n_neighbors`` nearest main-group
+        training rows and ``d_defect`` the distance to the nearest labeled
+        defect (``d_main`` alone without defects). ``"combined"``: the sum of
+        both after each is centered on the median and divided by the
+        interquartile range of the main group's training scores. ``"auto"``
+        is ``"latent"`` when defects are labeled and ``"reconstruction"``
+        otherwise.
+
+    n_neighbors : int, default=5
+        Number of main-group neighbours of the latent score.
+
+    contamination : "auto" or float, default="auto"
+        Sets ``offset_``, the threshold of :meth:`predict`. A float in
+        (0, 0.5] flags that fraction of the training rows. ``"auto"`` puts the
+        threshold at the 99th percentile of the main group's training
+        anomaly scores or, when the median anomaly score of the labeled
+        defects is higher, halfway between the two. Training rows are scored
+        without themselves as neighbours.
+
+    defect_label : int, float, str or bool, default=1
+        Value of ``y`` that marks a labeled defect. Every other value marks
+        the main group (normal or unlabeled rows).
+
+    max_epochs : int, default=100
+        Number of passes over the main group.
+
+    batch_size : int, default=128
+        Main-group rows per optimisation step. Each step also sees
+        ``min(n_defects, batch_size)`` labeled defects.
+
+    lr : float, default=1e-3
+        Learning rate.
+
+    optimizer : {"adam", "adamw", "sgd"} or torch optimizer class, \
+default="adam"
+        Optimizer.
+
+    weight_decay : float, default=0.0
+        L2 penalty passed to the optimizer.
+
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the rows, stratified by the defect
+        labels, and stop when the validation loss has not improved for
+        ``n_iter_no_change`` epochs, keeping the best weights.
+
+    validation_fraction : float, default=0.1
+        Share of rows held out when ``early_stopping=True``, in (0, 1).
+
+    n_iter_no_change : int, default=10
+        Patience of early stopping, in epochs.
+
+    callbacks : list of skorch callbacks or None, default=None
+        Extra skorch callbacks, as ``(name, callback)`` pairs or callbacks.
+
+    device : str, default="cpu"
+        Torch device, such as ``"cpu"`` or ``"cuda"``.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation, batch order, dropout and the validation
+        split. The caller's global NumPy and torch random states are left
+        unchanged.
+
+    verbose : int, default=0
+        With ``verbose > 0``, skorch prints one line per epoch with every loss
+        component.
+
+    Attributes
+    ----------
+    net_ : ContrastiveAENet
+        The fitted skorch net. ``net_.module_`` is the autoencoder and
+        ``net_.history`` records the loss and its components per epoch.
+
+    offset_ : float
+        Threshold subtracted from :meth:`score_samples` by
+        :meth:`decision_function`.
+
+    n_defects_ : int
+        Number of labeled defects used in training.
+
+    score_method_ : str
+        The scoring rule in use, with ``"auto"`` resolved.
+
+    n_features_in_ : int
+        Number of features seen during :meth:`fit`.
+
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during :meth:`fit`, when ``X`` has string
+        column names.
+
+    See Also
+    --------
+    ContrastiveLoss : The training criterion, usable in any skorch net.
+    sklearn.ensemble.IsolationForest : Unsupervised detector with the same
+        interface.
+
+    Notes
+    -----
+    Scale the input (for example with ``StandardScaler`` in a ``Pipeline``):
+    the reconstruction error weighs every feature equally and an unscaled
+    feature can make training diverge.
+
+    The loss is bounded below in every form and no sum over pairs costs more
+    than O(batch_size * min(n_defects, batch_size)) per step. Training flushes
+    float32 denormals to zero, restoring the caller's setting afterwards.
+
+    A defect kind with no labeled example is scored only through ``d_main``
+    (it lies far from the main group but also far from the labeled defects),
+    so it ranks with the other outliers rather than above them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_cae import ContrastiveAEDetector
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.vstack([rng.normal(size=(200, 4)), rng.normal(4, 1, size=(10, 4))])
+    >>> y = np.r_[np.zeros(200), np.ones(10)]
+    >>> detector = ContrastiveAEDetector(max_epochs=5, random_state=0).fit(X, y)
+    >>> detector.predict([[4.0, 4.0, 4.0, 4.0]])
+    array([-1])
+    """
+
+    _parameter_constraints = {
+        "hidden_layer_sizes": ["array-like"],
+        "latent_dim": [Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "contrast": [StrOptions({"hinge", "squared"})],
+        "contrast_space": [StrOptions({"latent", "output"})],
+        "repulsion_weight": [Interval(Real, 0, None, closed="left")],
+        "compactness_weight": [Interval(Real, 0, None, closed="left")],
+        "margin": [Interval(Real, 0, None, closed="neither")],
+        "score_method": [StrOptions({"auto", *SCORE_METHODS})],
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "contamination": [
+            StrOptions({"auto"}),
+            Interval(Real, 0, 0.5, closed="right"),
+        ],
+        "defect_label": [Integral, Real, str, "boolean"],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "optimizer": [StrOptions(set(OPTIMIZERS)), type],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "callbacks": [list, None],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        hidden_layer_sizes=(64, 32),
+        latent_dim=8,
+        activation="relu",
+        dropout=0.0,
+        contrast="hinge",
+        contrast_space="latent",
+        repulsion_weight=0.1,
+        compactness_weight=0.1,
+        margin=1.0,
+        score_method="auto",
+        n_neighbors=5,
+        contamination="auto",
+        defect_label=1,
+        max_epochs=100,
+        batch_size=128,
+        lr=1e-3,
+        optimizer="adam",
+        weight_decay=0.0,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        callbacks=None,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.latent_dim = latent_dim
+        self.activation = activation
+        self.dropout = dropout
+        self.contrast = contrast
+        self.contrast_space = contrast_space
+        self.repulsion_weight = repulsion_weight
+        self.compactness_weight = compactness_weight
+        self.margin = margin
+        self.score_method = score_method
+        self.n_neighbors = n_neighbors
+        self.contamination = contamination
+        self.defect_label = defect_label
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.callbacks = callbacks
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fit
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Train the autoencoder and set the threshold.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training rows, numeric and finite. pandas DataFrames are accepted
+            and their column names recorded.
+
+        y : array-like of shape (n_samples,), default=None
+            Defect labels: rows equal to ``defect_label`` are known defects,
+            every other row belongs to the main group. ``None`` trains a
+            plain autoencoder.
+
+        Returns
+        -------
+        self : ContrastiveAEDetector
+            The fitted detector.
+        """
+        X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
+        is_defect = self._defect_mask(y, n_samples=X.shape[0])
+        hidden_layer_sizes = self._check_hidden_layer_sizes()
+
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        net = self._build_net(X.shape[1], hidden_layer_sizes, is_defect, seed)
+        with self._seeded(seed), flush_denormals():
+            net.fit(X, is_defect.astype(np.float32))
+
+        error, latent = encode_rows(net.module_, X, device=net.device)
+        self._fit_scores(error, latent, is_defect, seed)
+
+        self.net_ = net
+        self.n_defects_ = int(is_defect.sum())
+        self.offset_ = self._offset(error, latent, is_defect)
+        return self
+
+    def _check_hidden_layer_sizes(self):
+        sizes = np.asarray(self.hidden_layer_sizes).reshape(-1)
+        if sizes.size and (not _is_integer_array(sizes) or (sizes < 1).any()):
+            raise ValueError(
+                "hidden_layer_sizes must contain positive integers, got "
+                f"{self.hidden_layer_sizes!r}."
+            )
+        return tuple(int(size) for size in sizes)
+
+    def _defect_mask(self, y, n_samples):
+        """Turn ``y`` into a boolean defect mask, with checks and warnings."""
+        if y is None:
+            return np.zeros(n_samples, dtype=bool)
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y.ravel()
+        if y.ndim != 1:
+            raise ValueError(
+                f"y must be 1-dimensional with one label per row; got an array "
+                f"of shape {y.shape}."
+            )
+        if len(y) != n_samples:
+            raise ValueError(
+                f"y has {len(y)} rows but X has {n_samples}; pass one defect "
+                "label per row of X."
+            )
+        if y.dtype.kind == "f" and np.isnan(y).any():
+            raise ValueError(
+                f"y contains {int(np.isnan(y).sum())} NaN values; label every "
+                f"row, with defect_label={self.defect_label!r} for known "
+                "defects and any other value for the rest."
+            )
+        is_defect = y == self.defect_label
+        n_defects = int(is_defect.sum())
+        labels = np.unique(y)
+
+        if n_defects == n_samples:
+            raise ValueError(
+                f"Every row of y equals defect_label={self.defect_label!r}, so "
+                "there is no main group to learn. Label at least the normal "
+                "rows with another value."
+            )
+        if n_defects == 0:
+            warnings.warn(
+                f"y contains no row equal to defect_label={self.defect_label!r} "
+                f"(labels found: {labels.tolist()[:10]}); training a plain "
+                "autoencoder without contrast.",
+                UserWarning,
+                stacklevel=3,
+            )
+        elif set(labels.tolist()) == {-1, 1} and self.defect_label == 1:
+            warnings.warn(
+                "y contains only -1 and 1. With defect_label=1 the rows labeled "
+                "1 are the defects; if y follows scikit-learn's outlier "
+                "convention (-1 = outlier), pass defect_label=-1.",
+                UserWarning,
+                stacklevel=3,
+            )
+        elif n_defects > n_samples / 2:
+            warnings.warn(
+                f"{n_defects} of {n_samples} rows equal "
+                f"defect_label={self.defect_label!r}, so the labeled defects are "
+                "the majority; check that defect_label marks the defects.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return is_defect
+
+    def _build_net(self, n_features, hidden_layer_sizes, is_defect, seed):
+        n_defects = int(is_defect.sum())
+        callbacks = list(self.callbacks or [])
+        train_split = None
+        if self.early_stopping:
+            stratified = n_defects >= 2 and (len(is_defect) - n_defects) >= 2
+            train_split = ValidSplit(
+                self.validation_fraction, stratified=stratified, random_state=seed
+            )
+            callbacks.append(
+                (
+                    "early_stopping",
+                    EarlyStopping(patience=self.n_iter_no_change, load_best=True),
+                )
+            )
+        optimizer = self.optimizer
+        if isinstance(optimizer, str):
+            optimizer = OPTIMIZERS[optimizer]
+        return ContrastiveAENet(
+            AutoEncoder,
+            module__n_features=n_features,
+            module__hidden_layer_sizes=hidden_layer_sizes,
+            module__latent_dim=self.latent_dim,
+            module__activation=self.activation,
+            module__dropout=self.dropout,
+            module__bounded_latent=self.contrast == "squared",
+            criterion=ContrastiveLoss,
+            criterion__contrast=self.contrast,
+            criterion__space=self.contrast_space,
+            criterion__repulsion_weight=self.repulsion_weight,
+            criterion__compactness_weight=self.compactness_weight,
+            criterion__margin=self.margin,
+            optimizer=optimizer,
+            optimizer__weight_decay=self.weight_decay,
+            lr=self.lr,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            train_split=train_split,
+            callbacks=callbacks,
+            device=self.device,
+            verbose=self.verbose,
+        )
+
+    @contextmanager
+    def _seeded(self, seed):
+        """Seed torch inside the block and restore the caller's torch state."""
+        devices = []
+        if torch.device(self.device).type == "cuda" and torch.cuda.is_available():
+            devices = list(range(torch.cuda.device_count()))
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    # --------------------------------------------------------------- scores
+
+    def _fit_scores(self, error, latent, is_defect, seed):
+        """Fit the latent scorer and the scales of the combined score."""
+        self.score_method_ = self.score_method
+        if self.score_method == "auto":
+            self.score_method_ = "latent" if is_defect.any() else "reconstruction"
+
+        main_index = np.flatnonzero(~is_defect)
+        if len(main_index) > MAX_REFERENCE_ROWS:
+            rng = np.random.default_rng(seed)
+            main_index = np.sort(
+                rng.choice(main_index, MAX_REFERENCE_ROWS, replace=False)
+            )
+        self._reference_index = main_index
+        self._latent_scorer = LatentScorer(self.n_neighbors).fit(
+            latent[main_index], latent[is_defect]
+        )
+        latent_main = self._latent_scorer.score(latent[main_index], in_main=True)
+        self._error_scale = RobustScale().fit(error[main_index])
+        self._latent_scale = RobustScale().fit(latent_main)
+
+    def _anomaly(self, error, latent, *, in_main=False, in_defects=False):
+        """Combine reconstruction error and latent code into anomaly scores."""
+        if self.score_method_ == "reconstruction":
+            return error
+        latent_score = self._latent_scorer.score(
+            latent, in_main=in_main, in_defects=in_defects
+        )
+        if self.score_method_ == "latent":
+            return latent_score
+        return self._error_scale.transform(error) + self._latent_scale.transform(
+            latent_score
+        )
+
+    def _training_anomaly(self, error, latent, is_defect):
+        """Score the training rows, each without itself as a neighbour."""
+        anomaly = self._anomaly(error, latent)
+        reference = self._reference_index
+        anomaly[reference] = self._anomaly(
+            error[reference], latent[reference], in_main=True
+        )
+        if is_defect.any():
+            anomaly[is_defect] = self._anomaly(
+                error[is_defect], latent[is_defect], in_defects=True
+            )
+        return anomaly
+
+    def _offset(self, error, latent, is_defect):
+        anomaly = self._training_anomaly(error, latent, is_defect)
+        if self.contamination != "auto":
+            return float(-np.percentile(anomaly, 100.0 * (1 - self.contamination)))
+        threshold = np.percentile(anomaly[~is_defect], AUTO_MAIN_PERCENTILE)
+        if is_defect.any():
+            defect_median = np.median(anomaly[is_defect])
+            threshold = max(threshold, (threshold + defect_median) / 2)
+        return float(-threshold)
+
+    def score_samples(self, X):
+        """Return the normality score of each row: higher is more normal.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+            The negated anomaly score of the ``score_method_`` rule.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        with flush_denormals():
+            error, latent = encode_rows(self.net_.module_, X, device=self.net_.device)
+        return -self._anomaly(error, latent)
+
+    def decision_function(self, X):
+        """Return ``score_samples(X) - offset_``: negative means defect.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """Return -1 for rows flagged as defects and +1 for the others.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        decision = self.decision_function(X)
+        labels = np.ones(len(decision), dtype=int)
+        labels[decision < 0] = -1
+        return labels
+
+    def fit_predict(self, X, y=None):
+        """Fit on ``X`` with the defect labels ``y`` and return
+        :meth:`predict` of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,), default=None
+            Defect labels, as in :meth:`fit`.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            -1 for rows flagged as defects, +1 for the others.
+        """
+        return self.fit(X, y).predict(X)
+
+    def score(self, X, y):
+        """Return the average precision of finding the rows with
+        ``y == defect_label``, ranked by :meth:`score_samples` (lowest first).
+
+        This makes ``GridSearchCV(detector, grid)`` tune for defect detection
+        without a ``scoring`` argument.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+            Labels, with ``defect_label`` marking defects.
+
+        Returns
+        -------
+        score : float
+        """
+        if y is None:
+            raise ValueError(
+                "score needs the labels y to compute the defect average "
+                "precision; got y=None."
+            )
+        y = np.asarray(y).reshape(-1)
+        return float(
+            average_precision_score(y == self.defect_label, -self.score_samples(X))
+        )
