@@ -10,14 +10,35 @@ from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.metrics import average_precision_score
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import EarlyStopping
 from skorch.dataset import ValidSplit
 
+from ._explain import anomaly_contributions, check_baseline
 from ._loss import ContrastiveLoss
 from ._module import ACTIVATIONS, AutoEncoder
 from ._net import ContrastiveAENet
-from ._scores import SCORE_METHODS, LatentScorer, RobustScale, encode_rows
+from ._scores import (
+    SCORE_METHODS,
+    LatentScorer,
+    RobustScale,
+    encode_rows,
+    score_rows,
+)
+from ._thresholds import (
+    check_target,
+    choose_threshold,
+    contamination_threshold,
+    defect_rows,
+)
+from ._validation import (
+    check_finite_scores,
+    check_training_settings,
+    check_X,
+    count_missing_labels,
+    restore_state_on_error,
+    sorted_labels,
+)
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -28,10 +49,6 @@ OPTIMIZERS = {
 # Main-group rows kept as latent neighbours for the latent score; more rows
 # cost memory and query time without changing the score much.
 MAX_REFERENCE_ROWS = 10_000
-
-# Percentile of the main group's training scores that bounds the threshold of
-# contamination="auto".
-AUTO_MAIN_PERCENTILE = 99.0
 
 
 def _denormals_flushed():
@@ -55,10 +72,6 @@ def flush_denormals():
     finally:
         if supported and not was_flushed:
             torch.set_flush_denormal(False)
-
-
-def _is_integer_array(values):
-    return values.dtype.kind in "iub"
 
 
 class ContrastiveAEDetector(OutlierMixin, BaseEstimator):
@@ -114,17 +127,20 @@ class ContrastiveAEDetector(OutlierMixin, BaseEstimator):
     margin : float, default=1.0
         Hinge margin in root mean squared distance per latent coordinate, > 0.
 
-    score_method : {"auto", "reconstruction", "latent", "combined"}, \
+    score_method : {"auto", "reconstruction", "latent", "combined", "hybrid"}, \
 default="auto"
         How rows are scored. ``"reconstruction"``: mean squared reconstruction
         error. ``"latent"``: ``d_main / (d_main + d_defect)``, with ``d_main``
         the mean latent distance to the ``n_neighbors`` nearest main-group
         training rows and ``d_defect`` the distance to the nearest labeled
         defect (``d_main`` alone without defects). ``"combined"``: the sum of
-        both after each is centered on the median and divided by the
-        interquartile range of the main group's training scores. ``"auto"``
-        is ``"latent"`` when defects are labeled and ``"reconstruction"``
-        otherwise.
+        the reconstruction and latent scores after each is centered on the
+        median and divided by the interquartile range of the main group's
+        training scores. ``"hybrid"``: the mean of the latent score and the
+        same ratio computed on the input rows themselves, which keeps the
+        neighbourhoods that the encoder may have merged. ``"auto"`` is
+        ``"hybrid"`` when defects are labeled and ``"reconstruction"``
+        otherwise; the benchmark notes give the measurements behind it.
 
     n_neighbors : int, default=5
         Number of main-group neighbours of the latent score.
@@ -135,7 +151,8 @@ default="auto"
         threshold at the 99th percentile of the main group's training
         anomaly scores or, when the median anomaly score of the labeled
         defects is higher, halfway between the two. Training rows are scored
-        without themselves as neighbours.
+        without themselves as neighbours. :meth:`set_threshold` moves the
+        threshold after fitting.
 
     defect_label : int, float, str or bool, default=1
         Value of ``y`` that marks a labeled defect. Every other value marks
@@ -171,6 +188,16 @@ default="adam"
 
     callbacks : list of skorch callbacks or None, default=None
         Extra skorch callbacks, as ``(name, callback)`` pairs or callbacks.
+        skorch's ``Checkpoint`` and ``LoadInitState`` make a long fit
+        resumable after the process dies.
+
+    on_interrupt : {"raise", "keep"}, default="raise"
+        What :meth:`fit` does when a ``KeyboardInterrupt`` (Ctrl-C, or a
+        callback other than skorch's ``EarlyStopping`` raising it) ends
+        training. ``"raise"`` re-raises it and leaves the detector as it was
+        before ``fit``, so an interrupted fit never passes for a finished one.
+        ``"keep"`` warns and finishes ``fit`` with the partially trained
+        autoencoder, as skorch's ``NeuralNet.fit`` does.
 
     device : str, default="cpu"
         Torch device, such as ``"cpu"`` or ``"cuda"``.
@@ -203,7 +230,7 @@ default="adam"
     n_features_in_ : int
         Number of features seen during :meth:`fit`.
 
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Names of features seen during :meth:`fit`, when ``X`` has string
         column names.
 
@@ -265,6 +292,7 @@ default="adam"
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "callbacks": [list, None],
+        "on_interrupt": [StrOptions({"raise", "keep"})],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -295,6 +323,7 @@ default="adam"
         validation_fraction=0.1,
         n_iter_no_change=10,
         callbacks=None,
+        on_interrupt="raise",
         device="cpu",
         random_state=None,
         verbose=0,
@@ -321,21 +350,32 @@ default="adam"
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.callbacks = callbacks
+        self.on_interrupt = on_interrupt
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Sparse X is densified, up to a size limit (see fit).
+        tags.input_tags.sparse = True
+        return tags
+
     # ------------------------------------------------------------------ fit
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @restore_state_on_error
     def fit(self, X, y=None):
         """Train the autoencoder and set the threshold.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Training rows, numeric and finite. pandas DataFrames are accepted
-            and their column names recorded.
+            Training rows, numeric and finite, with absolute values up to
+            about 1.8e19 (the square root of the largest float32). pandas
+            DataFrames are accepted and their column names recorded. A
+            sparse matrix is densified if the dense float32 copy takes at
+            most 1 GiB.
 
         y : array-like of shape (n_samples,), default=None
             Defect labels: rows equal to ``defect_label`` are known defects,
@@ -346,35 +386,55 @@ default="adam"
         -------
         self : ContrastiveAEDetector
             The fitted detector.
+
+        Raises
+        ------
+        KeyboardInterrupt
+            When training is interrupted and ``on_interrupt="raise"``. Any
+            exception leaves the detector as it was before the call.
         """
-        X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
+        X = check_X(self, X, fitting=True)
         is_defect = self._defect_mask(y, n_samples=X.shape[0])
         hidden_layer_sizes = self._check_hidden_layer_sizes()
+        check_training_settings(self, X.shape[0], int(is_defect.sum()))
 
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         net = self._build_net(X.shape[1], hidden_layer_sizes, is_defect, seed)
         with self._seeded(seed), flush_denormals():
             net.fit(X, is_defect.astype(np.float32))
+        if net.interrupted_:
+            self._on_interrupted_training(net)
+        # Scoring runs in eval mode. Leaving the module there keeps concurrent
+        # score_samples calls from switching dropout back on for each other.
+        net.module_.eval()
 
         error, latent = encode_rows(net.module_, X, device=net.device)
-        self._fit_scores(error, latent, is_defect, seed)
+        self._fit_scores(X, error, latent, is_defect, seed)
+        # The default starting row of the integrated gradients in
+        # feature_contributions: a typical main-group row.
+        self._feature_baseline = np.median(X[~is_defect], axis=0)
 
         self.net_ = net
         self.n_defects_ = int(is_defect.sum())
-        self.offset_ = self._offset(error, latent, is_defect)
+        self.offset_ = self._offset(X, error, latent, is_defect)
         return self
 
     def _check_hidden_layer_sizes(self):
-        sizes = np.asarray(self.hidden_layer_sizes).reshape(-1)
-        if sizes.size and (not _is_integer_array(sizes) or (sizes < 1).any()):
+        sizes = np.asarray(self.hidden_layer_sizes)
+        is_valid = sizes.ndim <= 1 and sizes.dtype.kind in "iu" and (sizes >= 1).all()
+        if sizes.size and not is_valid:
             raise ValueError(
                 "hidden_layer_sizes must contain positive integers, got "
-                f"{self.hidden_layer_sizes!r}."
+                f"{self.hidden_layer_sizes!r}; pass a flat sequence such as (64, 32)."
             )
-        return tuple(int(size) for size in sizes)
+        return tuple(int(size) for size in sizes.reshape(-1))
 
     def _defect_mask(self, y, n_samples):
-        """Turn ``y`` into a boolean defect mask, with checks and warnings."""
+        """Turn ``y`` into a boolean defect mask, with checks and warnings.
+
+        The warnings use ``stacklevel=5`` to point at the caller of ``fit``,
+        past ``fit`` and its two wrappers.
+        """
         if y is None:
             return np.zeros(n_samples, dtype=bool)
         y = np.asarray(y)
@@ -396,9 +456,16 @@ default="adam"
                 f"row, with defect_label={self.defect_label!r} for known "
                 "defects and any other value for the rest."
             )
+        n_missing = count_missing_labels(y)
+        if n_missing:
+            raise ValueError(
+                f"y contains {n_missing} missing labels (None, NaN or pandas.NA); "
+                f"label every row, with defect_label={self.defect_label!r} for "
+                "known defects and any other value for the rest."
+            )
         is_defect = y == self.defect_label
         n_defects = int(is_defect.sum())
-        labels = np.unique(y)
+        labels = sorted_labels(y)
 
         if n_defects == n_samples:
             raise ValueError(
@@ -412,7 +479,7 @@ default="adam"
                 f"(labels found: {labels.tolist()[:10]}); training a plain "
                 "autoencoder without contrast.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=5,
             )
         elif set(labels.tolist()) == {-1, 1} and self.defect_label == 1:
             warnings.warn(
@@ -420,7 +487,7 @@ default="adam"
                 "1 are the defects; if y follows scikit-learn's outlier "
                 "convention (-1 = outlier), pass defect_label=-1.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=5,
             )
         elif n_defects > n_samples / 2:
             warnings.warn(
@@ -428,7 +495,7 @@ default="adam"
                 f"defect_label={self.defect_label!r}, so the labeled defects are "
                 "the majority; check that defect_label marks the defects.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=5,
             )
         return is_defect
 
@@ -485,13 +552,31 @@ default="adam"
             torch.manual_seed(seed)
             yield
 
+    def _on_interrupted_training(self, net):
+        """Re-raise or report a ``KeyboardInterrupt`` that skorch caught."""
+        stopped = (
+            f"Training was interrupted during epoch {len(net.history)} of "
+            f"{net.max_epochs}"
+        )
+        if self.on_interrupt == "raise":
+            raise KeyboardInterrupt(
+                f"{stopped}; the detector is left as it was before fit. Pass "
+                "on_interrupt='keep' to keep a partially trained model."
+            )
+        warnings.warn(
+            f"{stopped}; keeping the partially trained model, as "
+            "on_interrupt='keep' requests.",
+            UserWarning,
+            stacklevel=5,
+        )
+
     # --------------------------------------------------------------- scores
 
-    def _fit_scores(self, error, latent, is_defect, seed):
-        """Fit the latent scorer and the scales of the combined score."""
+    def _fit_scores(self, X, error, latent, is_defect, seed):
+        """Fit the neighbour scorers and the scales of the combined score."""
         self.score_method_ = self.score_method
         if self.score_method == "auto":
-            self.score_method_ = "latent" if is_defect.any() else "reconstruction"
+            self.score_method_ = "hybrid" if is_defect.any() else "reconstruction"
 
         main_index = np.flatnonzero(~is_defect)
         if len(main_index) > MAX_REFERENCE_ROWS:
@@ -503,12 +588,20 @@ default="adam"
         self._latent_scorer = LatentScorer(self.n_neighbors).fit(
             latent[main_index], latent[is_defect]
         )
+        # The hybrid score repeats the neighbour ratio on the input rows, so it
+        # keeps the reference rows' input values as well.
+        self._input_scorer = None
+        if self.score_method_ == "hybrid":
+            self._input_scorer = LatentScorer(self.n_neighbors).fit(
+                X[main_index], X[is_defect]
+            )
         latent_main = self._latent_scorer.score(latent[main_index], in_main=True)
         self._error_scale = RobustScale().fit(error[main_index])
         self._latent_scale = RobustScale().fit(latent_main)
 
-    def _anomaly(self, error, latent, *, in_main=False, in_defects=False):
-        """Combine reconstruction error and latent code into anomaly scores."""
+    def _anomaly(self, error, latent, X=None, *, in_main=False, in_defects=False):
+        """Combine reconstruction error, latent code and, for the hybrid score,
+        the input rows ``X`` into anomaly scores."""
         if self.score_method_ == "reconstruction":
             return error
         latent_score = self._latent_scorer.score(
@@ -516,32 +609,37 @@ default="adam"
         )
         if self.score_method_ == "latent":
             return latent_score
+        if self.score_method_ == "hybrid":
+            input_score = self._input_scorer.score(
+                X, in_main=in_main, in_defects=in_defects
+            )
+            return (latent_score + input_score) / 2
         return self._error_scale.transform(error) + self._latent_scale.transform(
             latent_score
         )
 
-    def _training_anomaly(self, error, latent, is_defect):
+    def _training_anomaly(self, X, error, latent, is_defect):
         """Score the training rows, each without itself as a neighbour."""
-        anomaly = self._anomaly(error, latent)
+        # Each row is scored once: the reference rows and the defects only
+        # with themselves left out, the rest as new rows.
         reference = self._reference_index
+        others = ~is_defect
+        others[reference] = False
+        anomaly = np.empty(len(error), dtype=np.float64)
+        if others.any():
+            anomaly[others] = self._anomaly(error[others], latent[others], X[others])
         anomaly[reference] = self._anomaly(
-            error[reference], latent[reference], in_main=True
+            error[reference], latent[reference], X[reference], in_main=True
         )
         if is_defect.any():
             anomaly[is_defect] = self._anomaly(
-                error[is_defect], latent[is_defect], in_defects=True
+                error[is_defect], latent[is_defect], X[is_defect], in_defects=True
             )
         return anomaly
 
-    def _offset(self, error, latent, is_defect):
-        anomaly = self._training_anomaly(error, latent, is_defect)
-        if self.contamination != "auto":
-            return float(-np.percentile(anomaly, 100.0 * (1 - self.contamination)))
-        threshold = np.percentile(anomaly[~is_defect], AUTO_MAIN_PERCENTILE)
-        if is_defect.any():
-            defect_median = np.median(anomaly[is_defect])
-            threshold = max(threshold, (threshold + defect_median) / 2)
-        return float(-threshold)
+    def _offset(self, X, error, latent, is_defect):
+        anomaly = self._training_anomaly(X, error, latent, is_defect)
+        return -contamination_threshold(anomaly, is_defect, self.contamination)
 
     def score_samples(self, X):
         """Return the normality score of each row: higher is more normal.
@@ -556,10 +654,13 @@ default="adam"
             The negated anomaly score of the ``score_method_`` rule.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float32, reset=False)
+        X = check_X(self, X, fitting=False)
         with flush_denormals():
-            error, latent = encode_rows(self.net_.module_, X, device=self.net_.device)
-        return -self._anomaly(error, latent)
+            scores = -score_rows(
+                self.net_.module_, X, self._anomaly, device=self.net_.device
+            )
+        check_finite_scores(scores, X)
+        return scores
 
     def decision_function(self, X):
         """Return ``score_samples(X) - offset_``: negative means defect.
@@ -633,3 +734,116 @@ default="adam"
         return float(
             average_precision_score(y == self.defect_label, -self.score_samples(X))
         )
+
+    def set_threshold(
+        self, X, y=None, *, recall=None, false_alarm_rate=None, contamination=None
+    ):
+        """Move the threshold ``offset_`` to meet one target on trusted rows.
+
+        The model is not refitted: the rows of ``X`` are scored by
+        :meth:`score_samples` and ``offset_`` is set from their scores, so
+        :meth:`decision_function` and :meth:`predict` follow the new
+        threshold. Give exactly one target:
+
+        - ``recall``: flag at least this fraction of the rows with
+          ``y == defect_label``, with the highest threshold that does so
+          (the fewest alarms);
+        - ``false_alarm_rate``: flag at most this fraction of the normal rows
+          (every row when ``y`` is None, otherwise the rows with
+          ``y != defect_label``), with the lowest threshold that does so
+          (the most sensitive);
+        - ``contamination``: the rule of the ``contamination`` parameter
+          applied to these rows. A float flags that fraction of all rows.
+          ``"auto"`` takes the 99th percentile of the normal rows' anomaly
+          scores or, when the median anomaly score of the labeled defects is
+          higher, the point halfway between the two.
+
+        For ``recall`` and ``false_alarm_rate`` the threshold lies halfway
+        between the last flagged score and the next unflagged one, so any
+        threshold in between flags the same rows of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Rows not used in training, such as a validation set. Training
+            rows are scored here as new rows, with themselves among their
+            latent neighbours, so they look more normal than they did in fit.
+        y : array-like of shape (n_samples,), default=None
+            Defect labels as in :meth:`fit`; needed for ``recall``.
+        recall : float in (0, 1], default=None
+            Smallest share of the labeled defects to flag.
+        false_alarm_rate : float in [0, 1), default=None
+            Largest share of the normal rows to flag.
+        contamination : "auto" or float in (0, 0.5], default=None
+            As the ``contamination`` parameter, on the rows of ``X``.
+
+        Returns
+        -------
+        self : ContrastiveAEDetector
+            The detector, with the new ``offset_``.
+        """
+        check_is_fitted(self)
+        name, value = check_target(recall, false_alarm_rate, contamination)
+        anomaly = -self.score_samples(X)
+        is_defect = defect_rows(y, len(anomaly), self.defect_label)
+        threshold = choose_threshold(
+            anomaly, is_defect, y is not None, name, value, self.defect_label
+        )
+        self.offset_ = -threshold
+        return self
+
+    def feature_contributions(self, X, *, baseline=None, n_steps=50):
+        """Split the anomaly score of each row among the features.
+
+        The anomaly score is ``-score_samples(X)``. With
+        ``score_method_="reconstruction"`` the contribution of a feature is
+        its squared reconstruction error divided by ``n_features_in_``, so a
+        row's contributions sum to its anomaly score. With the other scores
+        they are the integrated gradients of the score, through the encoder,
+        from ``baseline`` to the row, and sum to the row's anomaly score minus
+        the baseline's. A positive contribution means
+        that the feature moves the row towards the labeled defects (or,
+        without labeled defects, away from the main group).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        baseline : array-like of shape (n_features,) or (n_samples, \
+n_features), default=None
+            Start of the integrated gradients' path, for one row or for each.
+            None uses the per-feature median of the main-group training rows.
+            Not used by the reconstruction score.
+
+        n_steps : int, default=50
+            Points of the midpoint rule along each path. More points bring the
+            sum of a row's contributions closer to its score difference.
+
+        Returns
+        -------
+        contributions : ndarray of shape (n_samples, n_features)
+            For named columns: ``pandas.DataFrame(contributions,
+            columns=detector.feature_names_in_)``.
+        """
+        check_is_fitted(self)
+        X = check_X(self, X, fitting=False)
+        if (
+            not isinstance(n_steps, Integral)
+            or isinstance(n_steps, bool)
+            or n_steps < 1
+        ):
+            raise ValueError(f"n_steps must be an integer >= 1; got {n_steps!r}.")
+        baseline = check_baseline(baseline, self._feature_baseline, *X.shape)
+        with flush_denormals():
+            return anomaly_contributions(
+                self.net_.module_,
+                X,
+                baseline,
+                score_method=self.score_method_,
+                latent_scorer=self._latent_scorer,
+                error_scale=self._error_scale,
+                latent_scale=self._latent_scale,
+                n_steps=int(n_steps),
+                input_scorer=self._input_scorer,
+                device=self.net_.device,
+            )

@@ -57,13 +57,13 @@ class ContrastiveLoss(nn.Module):
       only, so the autoencoder never learns to reconstruct the defects.
     * ``repulsion`` moves defects away from the main group. With
       ``contrast="hinge"`` it is ``mean_ik max(0, margin - ||m_i - d_k||)^2``
-      over every main/defect pair (O(|M| |D|) per batch), which is zero once
+      over every main/defect pair (``O(|M| |D|)`` per batch), which is zero once
       every defect is at least ``margin`` away from every main row. With
       ``contrast="squared"`` it is ``-min(mean_ik ||m_i - d_k||^2,
       4 * margin^2)``, the literal negative squared distance computed in closed
-      form (O(|M| + |D|)) and clipped so it cannot run to minus infinity.
+      form (``O(|M| + |D|)``) and clipped so it cannot run to minus infinity.
     * ``compactness`` is the mean squared distance between two main-group
-      rows, computed in closed form (O(|M|)).
+      rows, computed in closed form (``O(|M|)``).
 
     Both distance terms are divided by the width of the space they are
     computed in, so the weights mean the same for any latent size.

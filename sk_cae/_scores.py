@@ -6,19 +6,60 @@ estimator negates them for scikit-learn's ``score_samples``.
 
 import numpy as np
 import torch
-from sklearn.neighbors import KDTree
 
 from ._module import as_tensor
 
-SCORE_METHODS = ("reconstruction", "latent", "combined")
+SCORE_METHODS = ("reconstruction", "latent", "combined", "hybrid")
+
+# Rows encoded per forward pass when scoring. Measured on 2 CPU cores with the
+# default network (benchmarks/speed.py), chunks of 8192 rows run faster than
+# larger ones because their intermediate tensors stay in the CPU caches.
+ENCODE_CHUNK_SIZE = 8192
+
+# Entries of the query-by-reference distance matrix that the neighbour search
+# holds at a time: 2**20 float32 values take 4 MiB.
+DISTANCE_CHUNK_ENTRIES = 2**20
+
+# Reference rows per block of the neighbour search.
+NEIGHBOR_BLOCK_SIZE = 64
+
+# Candidates re-measured exactly beyond the k nearest ones, so that rounding
+# in the float32 distance expansion does not drop a true neighbour.
+EXTRA_CANDIDATES = 2
 
 
-def encode_rows(module, X, *, device="cpu", chunk_size=65536):
+def _encoded_chunks(module, X, device, chunk_size):
+    """Yield ``(start, stop, error, latent)`` for consecutive row chunks of ``X``.
+
+    ``error`` (float64) and ``latent`` (float32) are NumPy arrays of the
+    chunk. A float32 chunk on the CPU is passed to the module without a copy;
+    other dtypes are converted one chunk at a time.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, X.shape[0], chunk_size):
+                stop = min(start + chunk_size, X.shape[0])
+                rows = as_tensor(X[start:stop]).to(device=device, dtype=torch.float32)
+                reconstruction, code = module(rows)
+                error = (reconstruction - rows).square_().mean(dim=1)
+                yield (
+                    start,
+                    stop,
+                    error.cpu().numpy().astype(np.float64),
+                    code.float().cpu().numpy(),
+                )
+    finally:
+        module.train(was_training)
+
+
+def encode_rows(module, X, *, device="cpu", chunk_size=ENCODE_CHUNK_SIZE):
     """Return the per-row reconstruction error and the latent code of ``X``.
 
     ``X`` is read ``chunk_size`` rows at a time under ``torch.inference_mode``,
     so memory holds at most one chunk of intermediate tensors besides the
-    outputs.
+    outputs. :func:`score_rows` does not keep the outputs either.
 
     Returns
     -------
@@ -29,25 +70,123 @@ def encode_rows(module, X, *, device="cpu", chunk_size=65536):
     n_samples = X.shape[0]
     error = np.empty(n_samples, dtype=np.float64)
     latent = None
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, n_samples, chunk_size):
-                stop = min(start + chunk_size, n_samples)
-                rows = as_tensor(X[start:stop]).to(device)
-                reconstruction, code = module(rows)
-                error[start:stop] = (
-                    ((reconstruction - rows) ** 2).mean(dim=1).double().cpu().numpy()
-                )
-                if latent is None:
-                    latent = np.empty((n_samples, code.shape[1]), dtype=np.float32)
-                latent[start:stop] = code.float().cpu().numpy()
-    finally:
-        module.train(was_training)
+    for start, stop, chunk_error, chunk_latent in _encoded_chunks(
+        module, X, device, chunk_size
+    ):
+        if latent is None:
+            latent = np.empty((n_samples, chunk_latent.shape[1]), dtype=np.float32)
+        error[start:stop] = chunk_error
+        latent[start:stop] = chunk_latent
     if latent is None:
         latent = np.empty((0, 0), dtype=np.float32)
     return error, latent
+
+
+def score_rows(module, X, score_chunk, *, device="cpu", chunk_size=ENCODE_CHUNK_SIZE):
+    """Return ``score_chunk(error, latent, rows)`` for every row of ``X``.
+
+    Unlike :func:`encode_rows`, the errors and latent codes of one chunk are
+    scored and dropped before the next chunk is encoded, so memory holds the
+    float64 output and one chunk's intermediate values, however many rows
+    ``X`` has (a NumPy memmap, for example).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Returns ``(reconstruction, latent)``, as ``AutoEncoder`` does.
+    X : ndarray of shape (n_samples, n_features)
+    score_chunk : callable
+        Takes the float64 errors, the float32 latent codes and the input rows
+        of a chunk and returns one score per row.
+    """
+    scores = np.empty(X.shape[0], dtype=np.float64)
+    for start, stop, error, latent in _encoded_chunks(module, X, device, chunk_size):
+        scores[start:stop] = score_chunk(error, latent, X[start:stop])
+    return scores
+
+
+class BruteForceKNN:
+    """Exact distances to the nearest reference rows, by chunked brute force.
+
+    The search runs in torch on the CPU, one chunk of query rows at a time:
+
+    1. one matrix product gives ``|r|^2 - 2 q.r`` for every reference row
+       ``r``, the squared distance less the constant ``|q|^2``, in float32 on
+       rows centered on the reference mean;
+    2. the reference rows are grouped in blocks of ``NEIGHBOR_BLOCK_SIZE``.
+       The ``m`` smallest entries of a row of that matrix lie in the ``m``
+       blocks with the smallest minima, so only those blocks are searched;
+    3. the ``k + EXTRA_CANDIDATES`` best candidates are re-measured by direct
+       subtraction in float64 and sorted.
+
+    Its cost is linear in both the number of queries and of reference rows,
+    and memory holds ``DISTANCE_CHUNK_ENTRIES`` distances at a time.
+
+    Parameters
+    ----------
+    reference : array-like of shape (n_reference, n_dims)
+        At least one row.
+    """
+
+    def __init__(self, reference):
+        reference = torch.as_tensor(np.asarray(reference, dtype=np.float32))
+        n_reference, n_dims = reference.shape
+        self.n_reference = n_reference
+        self.center = reference.mean(dim=0)
+        self.block_size = min(NEIGHBOR_BLOCK_SIZE, n_reference)
+        self.n_blocks = -(-n_reference // self.block_size)
+
+        # Padding rows get an infinite squared norm, so they are never chosen.
+        n_padded = self.n_blocks * self.block_size
+        self.reference = reference.new_zeros((n_padded, n_dims))
+        self.reference[:n_reference] = reference - self.center
+        self.reference_t = self.reference.T.contiguous()
+        self.sq_norms = (self.reference * self.reference).sum(dim=1)
+        self.sq_norms[n_reference:] = float("inf")
+        self.exact_reference = self.reference.double()
+        self.exact_reference[:n_reference] = reference.double()
+        self.chunk_rows = max(1, DISTANCE_CHUNK_ENTRIES // n_padded)
+
+    def query(self, queries, k):
+        """Return the distances to the ``k`` nearest reference rows.
+
+        Parameters
+        ----------
+        queries : array-like of shape (n_queries, n_dims)
+        k : int
+            Between 1 and the number of reference rows.
+
+        Returns
+        -------
+        distances : ndarray of shape (n_queries, k), float64
+            Sorted in increasing order along each row.
+        """
+        queries = torch.as_tensor(np.asarray(queries, dtype=np.float32))
+        distances = np.empty((queries.shape[0], k), dtype=np.float64)
+        n_candidates = min(k + EXTRA_CANDIDATES, self.n_reference)
+        n_searched_blocks = min(n_candidates, self.n_blocks)
+        offsets = torch.arange(self.block_size)
+        with torch.inference_mode():
+            for start in range(0, queries.shape[0], self.chunk_rows):
+                exact_rows = queries[start : start + self.chunk_rows]
+                rows = exact_rows - self.center
+                partial = torch.addmm(self.sq_norms, rows, self.reference_t, alpha=-2)
+                block_minima = partial.view(len(rows), self.n_blocks, -1).amin(dim=2)
+                blocks = block_minima.topk(
+                    n_searched_blocks, dim=1, largest=False, sorted=False
+                ).indices
+                searched = (blocks[:, :, None] * self.block_size + offsets).flatten(1)
+                best = (
+                    partial.gather(1, searched)
+                    .topk(n_candidates, dim=1, largest=False, sorted=False)
+                    .indices
+                )
+                candidates = self.exact_reference[searched.gather(1, best)]
+                exact_rows = exact_rows.double()[:, None, :]
+                exact = (candidates - exact_rows).square_().sum(dim=2)
+                nearest = exact.sort(dim=1).values[:, :k].sqrt_()
+                distances[start : start + len(rows)] = nearest.numpy()
+        return distances
 
 
 class LatentScorer:
@@ -71,21 +210,25 @@ class LatentScorer:
         self.n_neighbors = n_neighbors
 
     def fit(self, latent_main, latent_defects):
-        self.main_tree_ = KDTree(latent_main)
+        # The codes are kept besides the neighbour searches for score_tensor,
+        # which needs distances that torch can differentiate.
+        self.latent_main_ = np.asarray(latent_main)
+        self.latent_defects_ = np.asarray(latent_defects)
         self.n_main_ = len(latent_main)
-        self.defect_tree_ = KDTree(latent_defects) if len(latent_defects) else None
         self.n_defects_ = len(latent_defects)
+        self._main_knn = BruteForceKNN(latent_main)
+        self._defect_knn = BruteForceKNN(latent_defects) if self.n_defects_ else None
         return self
 
     def _main_distance(self, latent, exclude_self):
         skip = int(exclude_self and self.n_main_ > 1)
         k = min(self.n_neighbors, self.n_main_ - skip)
-        distances, _ = self.main_tree_.query(latent, k=k + skip)
+        distances = self._main_knn.query(latent, k + skip)
         return distances[:, skip:].mean(axis=1)
 
     def _defect_distance(self, latent, exclude_self):
         skip = int(exclude_self and self.n_defects_ > 1)
-        distances, _ = self.defect_tree_.query(latent, k=1 + skip)
+        distances = self._defect_knn.query(latent, 1 + skip)
         return distances[:, skip]
 
     def score(self, latent, *, in_main=False, in_defects=False):
@@ -96,10 +239,40 @@ class LatentScorer:
         out of its neighbours.
         """
         d_main = self._main_distance(latent, exclude_self=in_main)
-        if self.defect_tree_ is None:
+        if self._defect_knn is None:
             return d_main
         d_defect = self._defect_distance(latent, exclude_self=in_defects)
         return d_main / np.maximum(d_main + d_defect, np.finfo(np.float64).tiny)
+
+    def score_tensor(self, latent):
+        """Return the latent anomaly score of new rows as a differentiable tensor.
+
+        Same score as :meth:`score` for rows that are not reference rows, but
+        computed in torch from the stored codes, so that gradients flow back to
+        ``latent``. Its memory use is a ``(len(latent), n_reference_rows)``
+        distance matrix.
+        """
+        options = {"device": latent.device, "dtype": latent.dtype}
+        main = torch.as_tensor(self.latent_main_, **options)
+        k = min(self.n_neighbors, self.n_main_)
+        d_main = self._nearest_distances(latent, main, k).mean(dim=1)
+        if self.n_defects_ == 0:
+            return d_main
+        defects = torch.as_tensor(self.latent_defects_, **options)
+        d_defect = self._nearest_distances(latent, defects, 1)[:, 0]
+        return d_main / (d_main + d_defect).clamp_min(torch.finfo(latent.dtype).tiny)
+
+    @staticmethod
+    def _nearest_distances(latent, reference, k):
+        """Distances from each row to its ``k`` nearest reference rows.
+
+        The neighbours are searched without gradients, and only the ``k``
+        chosen distances are recomputed with them: back-propagating through
+        the whole distance matrix costs several times more.
+        """
+        with torch.no_grad():
+            index = torch.cdist(latent, reference).topk(k, largest=False).indices
+        return torch.linalg.vector_norm(latent[:, None, :] - reference[index], dim=2)
 
 
 class RobustScale:

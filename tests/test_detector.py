@@ -55,7 +55,7 @@ def test_fitted_attributes(blobs):
     detector = ContrastiveAEDetector(**FAST).fit(X, y)
     assert detector.n_features_in_ == 4
     assert detector.n_defects_ == 12
-    assert detector.score_method_ == "latent"
+    assert detector.score_method_ == "hybrid"
     assert len(detector.net_.history) == 5
     assert np.isfinite(detector.offset_)
 
@@ -193,7 +193,9 @@ def test_float_contamination_flags_that_fraction_of_training_rows(blobs, contami
     assert flagged == pytest.approx(contamination, abs=1 / len(X))
 
 
-@pytest.mark.parametrize("score_method", ["reconstruction", "latent", "combined"])
+@pytest.mark.parametrize(
+    "score_method", ["reconstruction", "latent", "combined", "hybrid"]
+)
 @pytest.mark.parametrize("contrast", ["hinge", "squared"])
 def test_forms_and_score_methods_train(blobs, score_method, contrast):
     X, y = blobs

@@ -1,0 +1,1 @@
+"""Benchmarks of sk_cae: defect-detection quality against peer detectors."""

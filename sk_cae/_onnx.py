@@ -1,0 +1,338 @@
+"""ONNX graph of a fitted detector's decision function.
+
+The graph is written operator by operator with ``onnx.helper`` rather than
+traced by ``torch.onnx.export``: in torch 2.13 the default exporter needs the
+``onnxscript`` package and takes seconds for this small model, and the
+TorchScript exporter (``dynamo=False``) is deprecated. The autoencoder is a
+stack of ``Linear`` layers and element-wise activations, which map one to one
+onto ONNX operators. A layer of any other type raises a ValueError.
+
+``onnx`` is imported inside the functions, so importing this module is cheap.
+"""
+
+import json
+
+import numpy as np
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ._detector import ContrastiveAEDetector
+from ._model_state import scorer_reference
+
+# Reduce* operators take their axes as an input instead of an attribute from
+# these operator set versions on.
+AXES_AS_INPUT = {"ReduceSum": 13, "ReduceMean": 18, "ReduceMin": 18}
+MIN_OPSET = 13
+# The first operator set with a Gelu operator. Earlier ones get GELU spelled
+# out as 0.5 x (1 + erf(x / sqrt(2))).
+GELU_OPSET = 20
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError as error:
+        raise ImportError(
+            "Exporting to ONNX needs the onnx package: pip install 'sk-cae[onnx]'."
+        ) from error
+    return onnx
+
+
+def _split_model(model):
+    """Return ``(scaler or None, detector)`` of a model that can be exported."""
+    if isinstance(model, ContrastiveAEDetector):
+        return None, model
+    if isinstance(model, Pipeline):
+        steps = [step for _, step in model.steps if step != "passthrough"]
+        if (
+            len(steps) == 2
+            and isinstance(steps[0], StandardScaler)
+            and isinstance(steps[1], ContrastiveAEDetector)
+        ):
+            return steps[0], steps[1]
+        if len(steps) == 1 and isinstance(steps[0], ContrastiveAEDetector):
+            return None, steps[0]
+        names = [type(step).__name__ for step in steps]
+        raise ValueError(
+            "export_onnx supports a ContrastiveAEDetector alone or after one "
+            f"StandardScaler; this Pipeline has the steps {names}."
+        )
+    raise TypeError(
+        "export_onnx takes a fitted ContrastiveAEDetector or a Pipeline of a "
+        f"StandardScaler and one; got {type(model).__name__}."
+    )
+
+
+class _GraphBuilder:
+    """Collects the nodes and constants of one ONNX graph."""
+
+    def __init__(self, onnx, opset):
+        self.onnx = onnx
+        self.opset = opset
+        self.nodes = []
+        self.initializers = []
+        self._count = 0
+
+    def _name(self, hint):
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def constant(self, array, hint="const"):
+        name = self._name(hint)
+        self.initializers.append(
+            self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name)
+        )
+        return name
+
+    def op(self, op_type, *inputs, hint=None, n_outputs=1, **attributes):
+        outputs = [self._name(hint or op_type.lower()) for _ in range(n_outputs)]
+        self.nodes.append(
+            self.onnx.helper.make_node(op_type, list(inputs), outputs, **attributes)
+        )
+        return outputs[0] if n_outputs == 1 else outputs
+
+    def reduce(self, op_type, value, axis, keepdims):
+        if self.opset >= AXES_AS_INPUT[op_type]:
+            axes = self.constant(np.array([axis], dtype=np.int64), "axes")
+            return self.op(op_type, value, axes, keepdims=keepdims)
+        return self.op(op_type, value, axes=[axis], keepdims=keepdims)
+
+    def cast(self, value, dtype):
+        to = self.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        return self.op("Cast", value, to=to)
+
+
+def _layer(graph, layer, value):
+    """Append the operators of one autoencoder layer and return its output."""
+    if isinstance(layer, nn.Linear):
+        weight = layer.weight.detach().cpu().numpy().astype(np.float32)
+        inputs = [value, graph.constant(weight, "weight")]
+        if layer.bias is not None:
+            bias = layer.bias.detach().cpu().numpy().astype(np.float32)
+            inputs.append(graph.constant(bias, "bias"))
+        return graph.op("Gemm", *inputs, transB=1)
+    if isinstance(layer, nn.Dropout):
+        return value
+    if isinstance(layer, nn.ReLU):
+        return graph.op("Relu", value)
+    if isinstance(layer, nn.Tanh):
+        return graph.op("Tanh", value)
+    if isinstance(layer, nn.LeakyReLU):
+        return graph.op("LeakyRelu", value, alpha=float(layer.negative_slope))
+    if isinstance(layer, nn.ELU):
+        return graph.op("Elu", value, alpha=float(layer.alpha))
+    if isinstance(layer, nn.GELU):
+        return _gelu(graph, layer, value)
+    raise ValueError(
+        f"export_onnx cannot write the autoencoder layer {layer!r}; supported "
+        "layers are Linear, Dropout, ReLU, LeakyReLU, ELU, GELU and Tanh."
+    )
+
+
+def _gelu(graph, layer, value):
+    if graph.opset >= GELU_OPSET:
+        return graph.op("Gelu", value, approximate=layer.approximate)
+    half = graph.constant(np.array(0.5, dtype=np.float32))
+    one = graph.constant(np.array(1.0, dtype=np.float32))
+    if layer.approximate == "tanh":
+        # 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), as torch's GELU.
+        cube = graph.op("Mul", value, graph.op("Mul", value, value))
+        coefficient = graph.constant(np.array(0.044715, dtype=np.float32))
+        inner = graph.op("Add", value, graph.op("Mul", cube, coefficient))
+        factor = graph.constant(np.array(np.sqrt(2 / np.pi), dtype=np.float32))
+        gate = graph.op("Tanh", graph.op("Mul", inner, factor))
+    else:
+        root_two = graph.constant(np.array(np.sqrt(2.0), dtype=np.float32))
+        gate = graph.op("Erf", graph.op("Div", value, root_two))
+    return graph.op("Mul", graph.op("Mul", value, half), graph.op("Add", gate, one))
+
+
+def _sequential(graph, stack, value):
+    for layer in stack:
+        value = _layer(graph, layer, value)
+    return value
+
+
+def _squared_distances(graph, codes, reference):
+    """Squared Euclidean distances, float64, from every code to every
+    reference row: ``|z|^2 + |r|^2 - 2 z . r``, clipped at 0."""
+    reference = np.asarray(reference, dtype=np.float64)
+    code_norms = graph.reduce("ReduceSum", graph.op("Mul", codes, codes), 1, 1)
+    reference_norms = graph.constant((reference**2).sum(axis=1)[None, :], "norms")
+    cross = graph.op("MatMul", codes, graph.constant(reference.T, "reference"))
+    two = graph.constant(np.array(2.0))
+    squared = graph.op(
+        "Sub",
+        graph.op("Add", code_norms, reference_norms),
+        graph.op("Mul", cross, two),
+    )
+    return graph.op("Max", squared, graph.constant(np.array(0.0)))
+
+
+def _neighbor_score(graph, scorer, rows):
+    """Append the score of a fitted ``LatentScorer`` for float32 ``rows``:
+    ``d_main / (d_main + d_defect)``, or ``d_main`` without labeled defects."""
+    main, defects = scorer_reference(scorer)
+    codes = graph.cast(rows, np.float64)
+
+    k = min(int(scorer.n_neighbors), len(main))
+    nearest, _ = graph.op(
+        "TopK",
+        _squared_distances(graph, codes, main),
+        graph.constant(np.array([k], dtype=np.int64), "k"),
+        n_outputs=2,
+        axis=1,
+        largest=0,
+        sorted=1,
+    )
+    d_main = graph.reduce("ReduceMean", graph.op("Sqrt", nearest), 1, 0)
+    if len(defects) == 0:
+        return d_main
+
+    squared = graph.reduce("ReduceMin", _squared_distances(graph, codes, defects), 1, 0)
+    d_defect = graph.op("Sqrt", squared)
+    tiny = graph.constant(np.array(np.finfo(np.float64).tiny))
+    total = graph.op("Max", graph.op("Add", d_main, d_defect), tiny)
+    return graph.op("Div", d_main, total)
+
+
+def _robust_scale(graph, value, scale):
+    center = graph.constant(np.array(float(scale.center_)))
+    width = graph.constant(np.array(float(scale.scale_)))
+    return graph.op("Div", graph.op("Sub", value, center), width)
+
+
+def _scaled_input(graph, scaler, value):
+    """Apply a fitted StandardScaler in float64 and return float32 rows."""
+    if scaler is None or not (scaler.with_mean or scaler.with_std):
+        return value
+    value = graph.cast(value, np.float64)
+    if scaler.with_mean:
+        mean = graph.constant(np.asarray(scaler.mean_, dtype=np.float64), "mean")
+        value = graph.op("Sub", value, mean)
+    if scaler.with_std:
+        std = graph.constant(np.asarray(scaler.scale_, dtype=np.float64), "scale")
+        value = graph.op("Div", value, std)
+    return graph.cast(value, np.float32)
+
+
+def _build_graph(onnx, scaler, detector, opset):
+    graph = _GraphBuilder(onnx, opset)
+    module = detector.net_.module_
+    rows = _scaled_input(graph, scaler, "X")
+    latent = _sequential(graph, module.encoder, rows)
+    reconstruction = _sequential(graph, module.decoder, latent)
+
+    residual = graph.op("Sub", reconstruction, rows)
+    error = graph.reduce("ReduceMean", graph.op("Mul", residual, residual), 1, 0)
+    error = graph.cast(error, np.float64)
+    method = detector.score_method_
+    if method == "reconstruction":
+        anomaly = error
+    elif method == "latent":
+        anomaly = _neighbor_score(graph, detector._latent_scorer, latent)
+    elif method == "hybrid":
+        total = graph.op(
+            "Add",
+            _neighbor_score(graph, detector._latent_scorer, latent),
+            _neighbor_score(graph, detector._input_scorer, rows),
+        )
+        anomaly = graph.op("Div", total, graph.constant(np.array(2.0)))
+    elif method == "combined":
+        anomaly = graph.op(
+            "Add",
+            _robust_scale(graph, error, detector._error_scale),
+            _robust_scale(
+                graph,
+                _neighbor_score(graph, detector._latent_scorer, latent),
+                detector._latent_scale,
+            ),
+        )
+    else:
+        raise ValueError(f"export_onnx does not support score_method_={method!r}.")
+
+    offset = graph.constant(np.array(float(detector.offset_)), "offset")
+    graph.nodes.append(
+        onnx.helper.make_node("Sub", [graph.op("Neg", anomaly), offset], ["decision"])
+    )
+    is_flagged = graph.op("Less", "decision", graph.constant(np.array(0.0)))
+    graph.nodes.append(
+        onnx.helper.make_node(
+            "Where",
+            [
+                is_flagged,
+                graph.constant(np.array(-1, dtype=np.int64)),
+                graph.constant(np.array(1, dtype=np.int64)),
+            ],
+            ["label"],
+        )
+    )
+    return graph
+
+
+def export_decision_function(model, path, *, opset=17):
+    """Write the ONNX graph of ``model.decision_function``; see
+    :func:`sk_cae.io.export_onnx`."""
+    onnx = _import_onnx()
+    max_opset = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset:
+        raise ValueError(
+            f"opset must be an integer from {MIN_OPSET} to {max_opset} (the "
+            f"newest that the installed onnx {onnx.__version__} knows); got "
+            f"{opset!r}."
+        )
+    scaler, detector = _split_model(model)
+    check_is_fitted(detector)
+    if scaler is not None:
+        check_is_fitted(scaler)
+        if scaler.n_features_in_ != detector.n_features_in_:
+            raise ValueError(
+                f"The StandardScaler has {scaler.n_features_in_} features but "
+                f"the detector has {detector.n_features_in_}."
+            )
+
+    graph = _build_graph(onnx, scaler, detector, opset)
+    n_features = int(detector.n_features_in_)
+    tensor = onnx.helper.make_tensor_value_info
+    graph_proto = onnx.helper.make_graph(
+        graph.nodes,
+        "sk_cae_decision_function",
+        [tensor("X", onnx.TensorProto.FLOAT, ["n_samples", n_features])],
+        [
+            tensor("decision", onnx.TensorProto.DOUBLE, ["n_samples"]),
+            tensor("label", onnx.TensorProto.INT64, ["n_samples"]),
+        ],
+        initializer=graph.initializers,
+    )
+    model_proto = onnx.helper.make_model_gen_version(
+        graph_proto,
+        opset_imports=[onnx.helper.make_opsetid("", opset)],
+        producer_name="sk_cae",
+        doc_string=(
+            "decision: decision_function of an sk_cae ContrastiveAEDetector "
+            "(negative = defect); label: predict (-1 = defect, +1 = not flagged)."
+        ),
+    )
+    _add_metadata(onnx, model_proto, scaler, detector)
+    onnx.checker.check_model(model_proto)
+    onnx.save_model(model_proto, path)
+    return model_proto
+
+
+def _add_metadata(onnx, model_proto, scaler, detector):
+    from . import __version__
+
+    names = getattr(scaler, "feature_names_in_", None)
+    if names is None:
+        names = getattr(detector, "feature_names_in_", None)
+    metadata = {
+        "sk_cae_version": __version__,
+        "score_method": detector.score_method_,
+        "offset": repr(float(detector.offset_)),
+        "n_features": str(int(detector.n_features_in_)),
+        "feature_names": json.dumps(None if names is None else list(map(str, names))),
+        "includes_standard_scaler": json.dumps(scaler is not None),
+    }
+    onnx.helper.set_model_props(model_proto, metadata)
