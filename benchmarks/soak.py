@@ -1,13 +1,13 @@
 """Soak benchmark: fit and score repeatedly for a fixed time, then report the
 growth of resident memory and every failure as Markdown.
 
-Each round fits a detector on fresh data, scores it in one call, in chunks and
-from four threads at once, round-trips it through pickle, refits it, and
-drives the error paths that must leave a fitted detector unchanged: NaN input,
-a loss that becomes NaN, and a KeyboardInterrupt during training. A failure is
-any unexpected exception, a missing expected one, a non-finite score, or
-scores that differ where they must agree. Resident memory (RSS) is read after
-a garbage collection at the end of every round.
+Each round fits a detector on fresh data and scores it in one call, in chunks
+and from four threads at once. It round-trips the detector through pickle and
+refits it. It also drives the error paths that must leave a fitted detector
+unchanged: NaN input, a loss that becomes NaN, and a KeyboardInterrupt during
+training. A failure is any unexpected exception, a missing expected one, a
+non-finite score, or scores that differ where they must agree. Resident memory
+(RSS) is read after a garbage collection at the end of every round.
 
 Usage, from the repository root::
 
@@ -282,12 +282,12 @@ def report(args, samples, failures, argv):
     if summary is not None:
         step = max(len(samples) // MAX_TABLE_ROWS, 1)
         lines += ["", "| round | elapsed (s) | RSS (MiB) |", "| --- | --- | --- |"]
-        shown = samples[::step]
-        if shown[-1] is not samples[-1]:
-            shown.append(samples[-1])
+        table_rows = samples[::step]
+        if table_rows[-1] is not samples[-1]:
+            table_rows.append(samples[-1])
         lines += [
             f"| {index} | {elapsed:.0f} | {rss / MIB:.1f} |"
-            for index, elapsed, rss in shown
+            for index, elapsed, rss in table_rows
         ]
     return "\n".join(lines) + "\n"
 

@@ -7,6 +7,7 @@ run every code sample of the pages and docstrings with
 """
 
 import os
+from pathlib import Path
 
 # Examples and doctests train small networks, for which one torch thread per
 # process is fastest: more threads than free cores slow training down many
@@ -64,6 +65,8 @@ sphinx_gallery_conf = {
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"sk_cae {release}"
+# The top-level pages have no sub-pages, so their left sidebar would be empty.
+html_sidebars = {page.stem: [] for page in Path(__file__).parent.glob("*.md")}
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,

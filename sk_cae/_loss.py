@@ -10,28 +10,30 @@ SPACES = ("latent", "output")
 def mean_pairwise_sq_dist(Z):
     """Mean squared distance over all ordered pairs of rows of ``Z``.
 
-    Uses ``sum_ij ||z_i - z_j||^2 = 2 m sum_i ||z_i||^2 - 2 ||sum_i z_i||^2``,
-    which costs O(m) instead of O(m^2).
+    Uses ``sum_ij ||z_i - z_j||^2 = 2 m sum_i ||z_i - z_bar||^2``, which costs
+    O(m) instead of O(m^2). Centering on the mean ``z_bar`` before squaring
+    avoids the cancellation of the textbook form ``m sum ||z||^2 - ||sum z||^2``
+    for rows far from the origin.
     """
-    m = Z.shape[0]
-    if m == 0:
+    if Z.shape[0] == 0:
         return Z.new_zeros(())
-    sq_norms = (Z * Z).sum(dim=1).mean()
-    centroid = Z.mean(dim=0)
-    return 2.0 * (sq_norms - (centroid * centroid).sum())
+    centered = Z - Z.mean(dim=0)
+    return 2.0 * (centered * centered).sum(dim=1).mean()
 
 
 def mean_cross_sq_dist(A, B):
     """Mean squared distance between every row of ``A`` and every row of ``B``.
 
-    Uses ``mean_ik ||a_i - b_k||^2 = mean ||a||^2 + mean ||b||^2 - 2 a_bar . b_bar``,
-    which costs O(len(A) + len(B)) instead of O(len(A) * len(B)).
+    Uses ``mean_ik ||a_i - b_k||^2 = mean ||a - a_bar||^2 + mean ||b - b_bar||^2
+    + ||a_bar - b_bar||^2``, which costs O(len(A) + len(B)) instead of
+    O(len(A) * len(B)) and, centered, does not cancel far from the origin.
     """
     if A.shape[0] == 0 or B.shape[0] == 0:
         return A.new_zeros(())
-    a_sq = (A * A).sum(dim=1).mean()
-    b_sq = (B * B).sum(dim=1).mean()
-    return a_sq + b_sq - 2.0 * (A.mean(dim=0) * B.mean(dim=0)).sum()
+    a_mean, b_mean = A.mean(dim=0), B.mean(dim=0)
+    a_spread = ((A - a_mean) ** 2).sum(dim=1).mean()
+    b_spread = ((B - b_mean) ** 2).sum(dim=1).mean()
+    return a_spread + b_spread + ((a_mean - b_mean) ** 2).sum()
 
 
 def _pairwise_dist(A, B, eps=1e-12):

@@ -25,7 +25,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 # make the loss infinite at the first step.
 MAX_ABS_TRAINING_VALUE = math.sqrt(FLOAT32_MAX)
 
-# Longest repr of a rejected value quoted in an error message.
+# Maximum length of the repr of a rejected value quoted in an error message.
 MAX_QUOTED_LENGTH = 60
 
 SCALING_ADVICE = (
@@ -64,11 +64,11 @@ def check_X(estimator, X, *, fitting):
     """Validate ``X`` like ``validate_data`` and return it as dense,
     C-ordered float32.
 
-    On top of scikit-learn's checks: text and complex values are named with
-    their column and row; a sparse ``X`` is densified up to
-    ``MAX_SPARSE_DENSE_BYTES``; values beyond the float32 range (or, when
-    ``fitting``, beyond ``MAX_ABS_TRAINING_VALUE``) raise instead of turning
-    into infinities; a constant ``X`` at fit warns.
+    Beyond scikit-learn's checks, the error for text or complex values names
+    their column and row, and a sparse ``X`` is densified up to
+    ``MAX_SPARSE_DENSE_BYTES``. Values beyond the float32 range, or beyond
+    ``MAX_ABS_TRAINING_VALUE`` when ``fitting``, raise instead of turning into
+    infinities. A constant ``X`` at fit warns.
     """
     try:
         checked = validate_data(
@@ -189,7 +189,7 @@ def densify(X):
 
 
 def check_value_range(X, *, fitting):
-    """Raise a ValueError when ``X`` holds values too large for float32."""
+    """Raise a ValueError when ``X`` contains values too large for float32."""
     if X.size == 0:
         return
     largest = max(float(X.max()), -float(X.min()))

@@ -2,10 +2,10 @@
 
 The scores come from detectors fitted once per module, so no example trains.
 Scores of the same row computed in batches of different sizes are compared
-with a tolerance: torch's float32 matrix products block the rows differently
+with a tolerance. torch's float32 matrix products block the rows differently
 for different batch sizes, which changes the rounding of a row's latent code
-and reconstruction at about 1e-7 relative (the reason test_common.py expects
-check_methods_subset_invariance to fail).
+and reconstruction at about 1e-7 relative. For the same reason,
+test_common.py expects check_methods_subset_invariance to fail.
 """
 
 import numpy as np
@@ -104,16 +104,9 @@ def test_loss_ignores_row_order(form, batch):
         assert permuted[name] == pytest.approx(value, rel=1e-5, abs=1e-6 * scale), name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "mean_pairwise_sq_dist computes mean |z|^2 - |mean z|^2 in float32, "
-        "which cancels catastrophically for rows far from the origin"
-    ),
-)
 def test_compactness_is_accurate_far_from_origin():
-    """Rows 1e4 from the origin and 0.01 apart: the float32 closed form
-    returns noise about 1e5 times the float64 pairwise mean."""
+    """Rows 1e4 from the origin and 0.01 apart: the centered closed form
+    matches the float64 pairwise mean."""
     generator = torch.Generator().manual_seed(0)
     latent = 1e4 + 0.01 * torch.randn(8, 3, generator=generator)
     parts = ContrastiveLoss().components(

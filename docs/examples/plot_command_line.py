@@ -12,23 +12,30 @@ the output of the installed version.
 # %%
 # Running the commands
 # --------------------
-# Each command runs as its own process, as it would from a shell.
-import subprocess
-import sys
+# The ``sk-cae`` script calls ``sk_cae.cli.main`` with its arguments. This
+# page calls that function directly, in a scratch folder, and prints each
+# command line before its output.
+import os
 import tempfile
 from pathlib import Path
 
+from sk_cae.cli import main
+
+scratch = Path(tempfile.mkdtemp())
+
 
 def sk_cae(*arguments):
-    """Run ``sk-cae`` with ``arguments``, print the command and its output."""
+    """Print the command line, then run it in ``scratch`` as ``sk-cae`` would."""
     print("$ sk-cae", " ".join(arguments))
-    completed = subprocess.run(
-        [sys.executable, "-m", "sk_cae", *arguments],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    print(completed.stdout)
+    previous = os.getcwd()
+    os.chdir(scratch)
+    try:
+        status = main(list(arguments))
+    except SystemExit as stop:  # --help prints and exits with status 0
+        status = stop.code
+    finally:
+        os.chdir(previous)
+    assert status in (0, None), f"sk-cae {arguments[0]} failed with {status}"
 
 
 sk_cae("--help")
@@ -46,27 +53,26 @@ sk_cae("demo", "--help")
 # %%
 # Data files
 # ----------
-# Two CSV files from the digits scenario: a training file where the column
-# ``status`` is ``defect`` for the 10 labeled defects and empty for every
-# other row, and a test file where ``status`` gives the truth. Each row has an
-# identifier, ``part``, that is not a feature.
+# Two CSV files from the digits scenario, in the scratch folder: a training
+# file where the column ``status`` is ``defect`` for the 10 labeled defects
+# and empty for every other row, and a test file where ``status`` gives the
+# truth. Each row has an identifier, ``part``, that is not a feature.
 import pandas as pd
 
 from sk_cae.datasets import load_digits_scenario
 
 split = load_digits_scenario(n_labeled=10, seed=0)
-folder = Path(tempfile.mkdtemp())
 columns = [f"pixel_{i}" for i in range(split.X_train.shape[1])]
 
 train = pd.DataFrame(split.X_train, columns=columns)
 train.insert(0, "part", [f"T{i:04d}" for i in range(len(train))])
 train["status"] = ["defect" if flag else "" for flag in split.y_train]
-train.to_csv(folder / "train.csv", index=False)
+train.to_csv(scratch / "train.csv", index=False)
 
 test = pd.DataFrame(split.X_test, columns=columns)
 test.insert(0, "part", [f"N{i:04d}" for i in range(len(test))])
 test["status"] = split.role_test
-test.to_csv(folder / "test.csv", index=False)
+test.to_csv(scratch / "test.csv", index=False)
 
 # %%
 # Training
@@ -74,10 +80,10 @@ test.to_csv(folder / "test.csv", index=False)
 # ``fit`` trains on every column other than the label and the id, and saves
 # the model with its preprocessing to one file. 15 epochs keep this page
 # fast; the default is 100.
-model_file = str(folder / "digits.skcae")
+model_file = "digits.skcae"
 sk_cae(
     "fit",
-    str(folder / "train.csv"),
+    "train.csv",
     "--label-column",
     "status",
     "--defect-value",
@@ -98,13 +104,13 @@ sk_cae(
 sk_cae(
     "score",
     model_file,
-    str(folder / "test.csv"),
+    "test.csv",
     "--id-column",
     "part",
     "--out",
-    str(folder / "scores.csv"),
+    "scores.csv",
 )
-scores = pd.read_csv(folder / "scores.csv")
+scores = pd.read_csv(scratch / "scores.csv")
 scores.sort_values("score").head()
 
 # %%
@@ -115,7 +121,7 @@ scores.sort_values("score").head()
 sk_cae(
     "evaluate",
     model_file,
-    str(folder / "test.csv"),
+    "test.csv",
     "--label-column",
     "status",
     "--defect-value",

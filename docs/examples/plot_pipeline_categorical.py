@@ -87,8 +87,9 @@ model.fit(X_train, y_train)
 
 # %%
 # ``handle_unknown="ignore"`` encodes a category never seen in training as all
-# zeros rather than failing. The detector must receive dense input, hence
-# ``sparse_output=False``.
+# zeros rather than failing. The network trains on dense arrays: the detector
+# would densify a sparse matrix itself (up to 1 GiB), and
+# ``sparse_output=False`` makes the encoder's output dense from the start.
 #
 # Ranking the test parts
 # ----------------------
