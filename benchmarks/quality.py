@@ -679,7 +679,12 @@ def plot_ap(results, path, *, scenario_order):
         f"Average precision per scenario, mean ± std over {n_repetitions} "
         f"repetition{'s' if n_repetitions != 1 else ''}"
     )
-    figure.legend(loc="outside lower center", ncol=min(len(methods), 4), frameon=False)
+    figure.legend(
+        loc="outside lower center",
+        ncol=min(len(methods), 4),
+        frameon=False,
+        fontsize="small",
+    )
     figure.savefig(path, dpi=120)
 
 

@@ -157,13 +157,17 @@ def defect_mask(labels, defect_value):
     """
     pandas = import_pandas()
     present = labels.notna().to_numpy()
-    mask = labels.astype(str).str.strip().to_numpy() == defect_value.strip()
+    text = labels.astype(str).str.strip()
+    mask = text.to_numpy() == defect_value.strip()
     number = _label_number(defect_value)
     if number is not None:
         if pandas.api.types.is_bool_dtype(labels):
             numbers = labels.astype("float64")
         else:
-            numbers = pandas.to_numeric(labels, errors="coerce")
+            # Labels read as text keep "True"/"False"; count them as 1 and 0.
+            booleans = text.str.lower().map({"true": 1.0, "false": 0.0})
+            numbers = pandas.to_numeric(labels, errors="coerce").astype("float64")
+            numbers = numbers.fillna(booleans.astype("float64"))
         mask |= (numbers == number).to_numpy(dtype=bool, na_value=False)
     return mask & present
 
@@ -175,6 +179,37 @@ def label_values(values):
         return "none, every label is empty"
     shown = ", ".join(repr(value) for value in distinct[:10])
     return shown + (", ..." if len(distinct) > 10 else "")
+
+
+# Share of a text column's values that must parse as numbers (or dates) for
+# the column to count as a numeric (or date) column with a few bad cells.
+MOSTLY_PARSED = 0.9
+
+
+def _reject_mistyped_text(pandas, column, name, path):
+    """Raise a CommandError for a text column that is really numbers with a
+    few bad cells, or dates, instead of one-hot encoding it silently."""
+    present = column[column.notna()]
+    if present.empty or isinstance(column.dtype, pandas.CategoricalDtype):
+        return
+    numbers = pandas.to_numeric(present, errors="coerce")
+    # A text column of numbers only (zero-padded codes in a Parquet file, for
+    # example) is text on purpose and stays categorical.
+    if MOSTLY_PARSED <= numbers.notna().mean() < 1:
+        position = int(np.argmax(numbers.isna().to_numpy()))
+        raise CommandError(
+            f"The column {name!r} of {path} holds numbers except for "
+            f"{present.iloc[position]!r} in data row {present.index[position] + 1}"
+            " (and any like it); fix or empty those cells so the column is used "
+            f"as numbers, or leave it out with --ignore-column {name!r}."
+        )
+    dates = pandas.to_datetime(present, errors="coerce", format="ISO8601")
+    if dates.notna().mean() >= MOSTLY_PARSED:
+        raise CommandError(
+            f"The column {name!r} of {path} contains dates, which the model "
+            f"cannot use; leave it out with --ignore-column {name!r}, or replace "
+            "it with numbers such as the hour or the day of the week."
+        )
 
 
 def split_feature_columns(pandas, frame, path):
@@ -197,6 +232,7 @@ def split_feature_columns(pandas, frame, path):
             or types.is_string_dtype(column)
             or isinstance(column.dtype, pandas.CategoricalDtype)
         ):
+            _reject_mistyped_text(pandas, column, name, path)
             categorical.append(name)
         else:
             raise CommandError(

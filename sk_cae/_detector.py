@@ -730,10 +730,15 @@ default="adam"
                 "score needs the labels y to compute the defect average "
                 "precision; got y=None."
             )
-        y = np.asarray(y).reshape(-1)
-        return float(
-            average_precision_score(y == self.defect_label, -self.score_samples(X))
-        )
+        is_defect = np.asarray(y).reshape(-1) == self.defect_label
+        if not is_defect.any():
+            raise ValueError(
+                f"y contains no row equal to defect_label={self.defect_label!r}, "
+                "so the defect average precision is undefined. In "
+                "cross-validation, use StratifiedKFold on the defect labels so "
+                "that every test fold holds defects."
+            )
+        return float(average_precision_score(is_defect, -self.score_samples(X)))
 
     def set_threshold(
         self, X, y=None, *, recall=None, false_alarm_rate=None, contamination=None

@@ -661,6 +661,25 @@ def _add_model_commands(commands):
     evaluate.set_defaults(handler=run_evaluate)
 
 
+def _int_in_range(low, high):
+    """Return an argparse type that accepts integers from low to high."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer, got {text!r}"
+            ) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer from {low} to {high}, got {value}"
+            )
+        return value
+
+    return parse
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="sk-cae",
@@ -679,13 +698,25 @@ def build_parser():
         epilog="example: sk-cae demo --n-labeled 5",
     )
     demo.add_argument(
-        "--n-labeled", type=int, default=10, help="labeled defects (default: 10)"
+        "--n-labeled",
+        type=_int_in_range(1, 80),
+        default=10,
+        metavar="N",
+        help="labeled defects, 1 to 80 (default: 10)",
     )
     demo.add_argument(
-        "--seed", type=int, default=0, help="seed of the split and training"
+        "--seed",
+        type=_int_in_range(0, 2**32 - 1),
+        default=0,
+        metavar="N",
+        help="seed of the split and training, >= 0 (default: 0)",
     )
     demo.add_argument(
-        "--verbose", type=int, default=0, help="1 prints one line per epoch"
+        "--verbose",
+        type=_int_in_range(0, 10),
+        default=0,
+        metavar="N",
+        help="1 prints one line per epoch (default: 0)",
     )
     demo.add_argument(
         "--plots",

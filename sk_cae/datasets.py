@@ -67,7 +67,8 @@ def split_scenario(
     ``y_train = 1``. The test set takes every normal row of its pool, at most
     ``test_other_frac * n_normal`` other outliers and at most
     ``test_defect_frac * n_normal`` defects, but at least ``min_test_defects``
-    where the pool has them.
+    where the pool has them. The same generator then shuffles the rows of
+    each set.
 
     Parameters
     ----------
@@ -117,9 +118,6 @@ test_defect_frac : float
     train_index = np.concatenate(
         [train_pool["normal"], train_pool["other"][:n_other], train_defects]
     )
-    y_train = np.zeros(len(train_index), dtype=np.int64)
-    n_before_defects = len(train_index) - len(train_defects)
-    y_train[n_before_defects : n_before_defects + n_labeled] = 1
 
     n_normal_test = len(test_pool["normal"])
     n_other = int(test_other_frac * n_normal_test)
@@ -131,6 +129,11 @@ test_defect_frac : float
             test_pool["defect"][:n_defect],
         ]
     )
+    # Shuffle within each set too, so that no fold or batch sees the rows
+    # ordered by role.
+    train_index = train_index[rng.permutation(len(train_index))]
+    test_index = test_index[rng.permutation(len(test_index))]
+    y_train = np.isin(train_index, train_defects[:n_labeled]).astype(np.int64)
     return ScenarioSplit(
         X_train=X[train_index],
         y_train=y_train,

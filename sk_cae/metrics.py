@@ -19,8 +19,14 @@ def _defect_truth_and_scores(estimator, X, y):
         defect_label = getattr(estimator.steps[-1][1], "defect_label", 1)
     if defect_label is None:
         defect_label = 1
-    y = np.asarray(y).reshape(-1)
-    return y == defect_label, -estimator.score_samples(X)
+    is_defect = np.asarray(y).reshape(-1) == defect_label
+    if not is_defect.any():
+        raise ValueError(
+            f"y contains no row equal to defect_label={defect_label!r}, so the "
+            "defect score is undefined. In cross-validation, use StratifiedKFold "
+            "on the defect labels so that every test fold holds defects."
+        )
+    return is_defect, -estimator.score_samples(X)
 
 
 def defect_average_precision(estimator, X, y):

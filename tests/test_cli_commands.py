@@ -157,6 +157,29 @@ def test_fit_rejects_date_column(capsys, workdir):
     _fails_cleanly(capsys, argv, "'made' .* datetime64.*--ignore-column 'made'")
 
 
+def test_fit_rejects_bad_cell_in_numeric_column(capsys, workdir):
+    path = workdir / "bad_cell.csv"
+    frame = _parts(n_rows=60)
+    frame["pressure"] = frame["pressure"].astype(object)
+    frame.loc[7, "pressure"] = "abc"
+    frame.to_csv(path, index=False)
+    argv = ["fit", str(path), "--label-column", "status", "--defect-value"]
+    argv += ["cracked", "--model", str(workdir / "x.skcae")]
+    _fails_cleanly(
+        capsys, argv, "'pressure' .* holds numbers except for 'abc' in data row 8"
+    )
+
+
+def test_fit_rejects_date_text_column(capsys, workdir):
+    path = workdir / "dated.csv"
+    frame = _parts(n_rows=60)
+    frame["made"] = pd.date_range("2024-01-01", periods=60).strftime("%Y-%m-%d")
+    frame.to_csv(path, index=False)
+    argv = ["fit", str(path), "--label-column", "status", "--defect-value"]
+    argv += ["cracked", "--model", str(workdir / "x.skcae")]
+    _fails_cleanly(capsys, argv, "'made' .* contains dates.*--ignore-column 'made'")
+
+
 def test_fit_rejects_unknown_file_type(capsys, workdir):
     path = workdir / "parts.xlsx"
     path.write_bytes(b"")
@@ -179,6 +202,8 @@ def test_fit_rejects_missing_data_file(capsys, workdir):
         ([True, False, True, False], "1", [True, False, True, False]),
         (["cracked", "ok", " cracked", None], "cracked", [True, False, True, False]),
         ([2.0, np.nan, 2.0, 1.0], "2", [True, False, True, False]),
+        (["True", "False", "true", None], "1", [True, False, True, False]),
+        (["True", "False", "True", "False"], "true", [True, False, True, False]),
     ],
 )
 def test_defect_value_matches_text_and_numbers(labels, value, expected):

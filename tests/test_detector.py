@@ -416,3 +416,12 @@ def test_diverging_loss_stops_with_clear_error(blobs):
             detector.fit(X * 1e3, y)
     assert not hasattr(detector, "net_")
     assert not hasattr(detector, "offset_")
+
+
+def test_score_without_defects_in_y_raises(blobs):
+    X, y = blobs
+    detector = ContrastiveAEDetector(**FAST).fit(X, y)
+    with pytest.raises(ValueError, match="use StratifiedKFold"):
+        detector.score(X, np.zeros(len(X)))
+    with pytest.raises(ValueError, match="defect score is undefined"):
+        defect_roc_auc(detector, X, np.zeros(len(X)))
