@@ -23,9 +23,8 @@ Environment in which every method runs (Python 3.11, CPU only)::
     python3 -m venv .venv-bench
     . .venv-bench/bin/activate
     pip install torch==2.13.0    # pin it: a bare "torch" pulls the CUDA build
-    pip install "scikit-learn>=1.6" skorch numpy pandas matplotlib pytest pyod
+    pip install -e ".[benchmark]"  # sk_cae with pyod, matplotlib and pandas
     pip install --no-deps deepod==0.4.1
-    pip install -e . --no-deps   # sk_cae, for the cae and ae methods
 
 With these packages, deepod 0.4.1's tabular models import and run; only its
 time-series models would also need ``einops``. ``--no-deps`` keeps deepod's
