@@ -12,10 +12,11 @@ from ._module import as_tensor
 
 LOSS_COMPONENTS = ("reconstruction", "repulsion", "compactness")
 
-# Optimizers that the net runs with ``fused=True`` unless told otherwise: one
-# kernel updates every parameter, which on a CPU halves the optimizer's share
-# of a training step of the default network. Subclasses are left alone, since
-# they may change ``step``.
+# Optimizers that the net creates with ``fused=True`` unless the optimizer
+# arguments choose another implementation. One kernel then updates every
+# parameter, which on a CPU halves the optimizer's share of a training step of
+# the default network. Subclasses are left alone, since they may change
+# ``step``.
 FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
 
 # Optimizer arguments that choose the implementation; when one is given, the
@@ -26,7 +27,8 @@ IMPLEMENTATION_ARGUMENTS = ("fused", "foreach", "differentiable", "capturable")
 def _fused_optimizer_supported(device):
     """Return True if torch's fused Adam runs on ``device``.
 
-    CUDA has it since torch 2.0 and the CPU since torch 2.4.
+    CUDA has it in every torch version that sk_cae supports (2.1 and later),
+    the CPU from torch 2.4 on.
     """
     device_type = torch.device(device).type
     if device_type == "cuda":

@@ -12,7 +12,7 @@ from ._module import as_tensor
 SCORE_METHODS = ("reconstruction", "latent", "combined", "hybrid")
 
 # Rows encoded per forward pass when scoring. Smaller chunks keep the
-# intermediate tensors in the CPU caches: with one torch thread on an AMD EPYC
+# intermediate tensors in the CPU caches. With one torch thread on an AMD EPYC
 # core, a forward pass of the default network over 1M rows took 0.33 s in
 # chunks of 8192 rows and 0.43 s in chunks of 65536.
 ENCODE_CHUNK_SIZE = 8192
@@ -87,9 +87,9 @@ def score_rows(module, X, score_chunk, *, device="cpu", chunk_size=ENCODE_CHUNK_
     """Return ``score_chunk(error, latent, rows)`` for every row of ``X``.
 
     Unlike :func:`encode_rows`, the errors and latent codes of one chunk are
-    scored and dropped before the next chunk is encoded, so memory holds the
-    float64 output and one chunk's intermediate values, however many rows
-    ``X`` has (a NumPy memmap, for example).
+    scored and dropped before the next chunk is encoded. Besides the float64
+    output, memory then contains one chunk's intermediate values, however
+    many rows ``X`` has (a NumPy memmap, for example).
 
     Parameters
     ----------
@@ -153,8 +153,8 @@ class BruteForceKNN:
 
         The distances are measured in float64. A true neighbour is missed only
         if float32 rounding in step 1 ranks more than ``EXTRA_CANDIDATES``
-        other rows ahead of it, which needs distances equal to about seven
-        significant digits; the distance returned in its place then differs by
+        other rows ahead of it. That needs distances equal to about seven
+        significant digits, so the distance returned in its place differs by
         as little.
 
         Parameters
@@ -170,18 +170,28 @@ class BruteForceKNN:
         """
         queries = torch.as_tensor(np.asarray(queries, dtype=np.float32))
         distances = np.empty((queries.shape[0], k), dtype=np.float64)
+        # One buffer for every chunk: a fresh allocation of this size each
+        # time costs page faults that took longer than the matrix product.
+        buffer = torch.empty(
+            (min(self.chunk_rows, queries.shape[0]), len(self.sq_norms))
+        )
         with torch.inference_mode():
             for start in range(0, queries.shape[0], self.chunk_rows):
                 rows = queries[start : start + self.chunk_rows]
-                distances[start : start + len(rows)] = self._query_chunk(rows, k)
+                partial = buffer[: len(rows)]
+                distances[start : start + len(rows)] = self._query_chunk(
+                    rows, k, partial
+                )
         return distances
 
-    def _query_chunk(self, rows, k):
+    def _query_chunk(self, rows, k, partial):
+        """Return the ``k`` smallest distances of ``rows``, using the
+        ``(len(rows), n_padded)`` tensor ``partial`` as scratch space."""
         n_candidates = min(k + EXTRA_CANDIDATES, self.n_reference)
         n_searched_blocks = min(n_candidates, self.n_blocks)
 
         centered = rows - self.center
-        partial = torch.addmm(self.sq_norms, centered, self.reference_t, alpha=-2)
+        torch.addmm(self.sq_norms, centered, self.reference_t, alpha=-2, out=partial)
         block_minima = partial.view(len(rows), self.n_blocks, -1).amin(dim=2)
         blocks = block_minima.topk(
             n_searched_blocks, dim=1, largest=False, sorted=False

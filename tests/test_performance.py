@@ -65,7 +65,7 @@ def test_knn_spans_several_chunks(monkeypatch):
     np.testing.assert_array_equal(chunked.query(queries, 3), whole)
 
 
-def test_latent_scorer_leaves_rows_out_of_their_own_neighbours():
+def test_latent_scorer_skips_own_row():
     """Reference rows scored with ``in_main`` or ``in_defects`` skip their own
     entry, as a KDTree query of one more neighbour does."""
     rng = np.random.default_rng(3)
