@@ -300,6 +300,11 @@ def _fit_deepsad(X, y, epochs, batch_size=None):
     return DeepODDetector("deepsad", **params).fit(X, y)
 
 
+PEER_LABELS = {
+    "sk_cae ContrastiveAEDetector": "sk_cae",
+    "PyOD AutoEncoder": "PyOD\nAutoEncoder",
+    "deepod DeepSAD": "deepod\nDeep SAD",
+}
 PEERS = {
     "sk_cae ContrastiveAEDetector": (_fit_cae, "sk_cae", BATCH_SIZE),
     "PyOD AutoEncoder": (_fit_pyod, "pyod", 32),
@@ -1001,7 +1006,8 @@ def plot(results, path):
     throughput = [scoring["rows"] / scoring["seconds"][name] for name in names]
     axis = axes[1, 0]
     axis.barh(range(len(names)), throughput)
-    axis.set_yticks(range(len(names)), [name.replace(", ", "\n") for name in names])
+    labels = [name.replace(", ", "\n").replace(" (", "\n(") for name in names]
+    axis.set_yticks(range(len(names)), labels)
     axis.set_xscale("log")
     axis.set(xlabel="rows per second (log scale)")
     axis.set_title(f"Scoring {scoring['rows']:,} rows")
@@ -1026,7 +1032,7 @@ def plot(results, path):
         0.4,
         label=f"batch size {BATCH_SIZE}",
     )
-    axis.set_xticks(positions, [name.replace(" ", "\n", 1) for name in peers])
+    axis.set_xticks(positions, [PEER_LABELS.get(name, name) for name in peers])
     axis.set(ylabel="seconds per epoch")
     axis.set_title(f"Training, {results['peers']['rows']:,} rows")
     axis.legend()
