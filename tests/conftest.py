@@ -2,6 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+# The test models are tiny, so one thread is as fast as several, and it keeps
+# the suite from slowing down many times over when other jobs share the cores.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_everything():
