@@ -362,6 +362,8 @@ def _decisions(model, args, extra_columns):
     for chunk in read_chunks(
         args.data, wanted, [*categorical, *extra_columns], args.chunk_rows
     ):
+        if chunk.empty:
+            continue
         features = prepare_features(
             pandas, chunk, columns, categorical, args.data, first_row
         )
@@ -374,6 +376,10 @@ def _decisions(model, args, extra_columns):
             ) from error
         yield chunk[list(extra_columns)], decision
         first_row += len(chunk)
+    if first_row == 0:
+        raise CommandError(
+            f"{args.data} has no data rows, so there is nothing to score."
+        )
 
 
 def run_score(args):

@@ -388,3 +388,10 @@ def test_error_exit_code_from_process(parts_csv, tmp_path):
     assert result.returncode == 2
     assert "sk-cae fit: error:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_score_rejects_file_without_rows(capsys, model_path, workdir):
+    path = workdir / "header_only.csv"
+    _parts(n_rows=5).head(0).to_csv(path, index=False)
+    argv = ["score", str(model_path), str(path)]
+    _fails_cleanly(capsys, argv, "header_only.csv has no data rows")
