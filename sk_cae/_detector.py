@@ -30,6 +30,7 @@ from ._thresholds import (
     choose_threshold,
     contamination_threshold,
     defect_rows,
+    label_vector,
 )
 from ._validation import (
     check_finite_scores,
@@ -437,19 +438,7 @@ default="adam"
         """
         if y is None:
             return np.zeros(n_samples, dtype=bool)
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y.ravel()
-        if y.ndim != 1:
-            raise ValueError(
-                f"y must be 1-dimensional with one label per row; got an array "
-                f"of shape {y.shape}."
-            )
-        if len(y) != n_samples:
-            raise ValueError(
-                f"y has {len(y)} rows but X has {n_samples}; pass one defect "
-                "label per row of X."
-            )
+        y = label_vector(y, n_samples)
         if y.dtype.kind == "f" and np.isnan(y).any():
             raise ValueError(
                 f"y contains {int(np.isnan(y).sum())} NaN values; label every "

@@ -161,11 +161,8 @@ def choose_threshold(anomaly, is_defect, labeled, name, value, defect_label):
     return contamination_threshold(anomaly, is_defect, value)
 
 
-def defect_rows(y, n_samples, defect_label):
-    """Return the boolean mask of rows with ``y == defect_label``, all False
-    when ``y`` is None."""
-    if y is None:
-        return np.zeros(n_samples, dtype=bool)
+def label_vector(y, n_samples):
+    """Return ``y`` as a 1-D array with one label per row of X, or raise."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y.ravel()
@@ -178,6 +175,15 @@ def defect_rows(y, n_samples, defect_label):
         raise ValueError(
             f"y has {len(y)} rows but X has {n_samples}; pass one label per row of X."
         )
+    return y
+
+
+def defect_rows(y, n_samples, defect_label):
+    """Return the boolean mask of rows with ``y == defect_label``, all False
+    when ``y`` is None."""
+    if y is None:
+        return np.zeros(n_samples, dtype=bool)
+    y = label_vector(y, n_samples)
     if y.dtype.kind == "f" and np.isnan(y).any():
         raise ValueError(
             f"y contains {int(np.isnan(y).sum())} NaN values; label every row, "
