@@ -492,15 +492,19 @@ def _metric_table(summary, scenarios, methods, column, digits=3):
     return _markdown_table(["scenario", *methods], rows)
 
 
-def machine_description():
-    """Describe the CPU, the core count and the torch thread count."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name():
+    """Return the CPU model from /proc/cpuinfo, or what ``platform`` knows."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_description():
+    """Describe the CPU, the core count and the torch thread count."""
+    cpu = cpu_name()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     parts = [cpu, f"{os.cpu_count()} logical cores"]
     if usable is not None:

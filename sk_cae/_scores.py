@@ -252,7 +252,7 @@ class LatentScorer:
     def score(self, latent, *, in_main=False, in_defects=False):
         """Return the latent anomaly score of every row of ``latent``.
 
-        ``in_main`` (``in_defects``) says that the rows are the main-group
+        ``in_main`` (``in_defects``) marks the rows as the main-group
         (defect) reference rows themselves, so each row's own entry is left
         out of its neighbours.
         """

@@ -350,7 +350,7 @@ def _load_model(path):
 
 def _decisions(model, args, extra_columns):
     """Yield ``(chunk, decision)`` for each chunk of the data file, where
-    ``chunk`` holds ``extra_columns`` and ``decision`` the model's decision
+    ``chunk`` contains ``extra_columns`` and ``decision`` the model's decision
     function of its rows."""
     pandas = import_pandas()
     available = columns_of(args.data)
