@@ -152,8 +152,10 @@ default="auto"
         threshold at the 99th percentile of the main group's training
         anomaly scores or, when the median anomaly score of the labeled
         defects is higher, halfway between the two. Training rows are scored
-        without themselves as neighbours. :meth:`set_threshold` moves the
-        threshold after fitting.
+        without themselves as neighbours. Above 10,000 main-group rows, these
+        percentiles are estimated from the random sample of 10,000 that the
+        neighbour scores keep. :meth:`set_threshold` moves the threshold after
+        fitting.
 
     defect_label : int, float, str or bool, default=1
         Value of ``y`` that marks a labeled defect. Every other value marks
@@ -409,15 +411,26 @@ default="adam"
         # score_samples calls from switching dropout back on for each other.
         net.module_.eval()
 
-        error, latent = encode_rows(net.module_, X, device=net.device)
-        self._fit_scores(X, error, latent, is_defect, seed)
+        # Only the reference rows and the labeled defects are encoded: the
+        # neighbour scores measure distances to them, and the threshold is
+        # estimated from their scores.
+        reference = self._reference_rows(is_defect, seed)
+        rows = np.concatenate([reference, np.flatnonzero(is_defect)])
+        X_rows = X[rows]
+        error, latent = encode_rows(net.module_, X_rows, device=net.device)
+        is_defect_row = np.arange(len(rows)) >= len(reference)
+        self._reference_index = reference
+        self._fit_scores(X_rows, error, latent, is_defect_row)
         # The default starting row of the integrated gradients in
         # feature_contributions: a typical main-group row.
-        self._feature_baseline = np.median(X[~is_defect], axis=0)
+        self._feature_baseline = np.median(X_rows[~is_defect_row], axis=0)
 
         self.net_ = net
         self.n_defects_ = int(is_defect.sum())
-        self.offset_ = self._offset(X, error, latent, is_defect)
+        n_main = X.shape[0] - self.n_defects_
+        self.offset_ = self._offset(
+            X_rows, error, latent, is_defect_row, main_weight=n_main / len(reference)
+        )
         return self
 
     def _check_hidden_layer_sizes(self):
@@ -561,31 +574,35 @@ default="adam"
 
     # --------------------------------------------------------------- scores
 
-    def _fit_scores(self, X, error, latent, is_defect, seed):
-        """Fit the neighbour scorers and the scales of the combined score."""
+    def _reference_rows(self, is_defect, seed):
+        """Return the sorted indices of the main-group rows kept as neighbours:
+        all of them, or a random sample of ``MAX_REFERENCE_ROWS``."""
+        main_index = np.flatnonzero(~is_defect)
+        if len(main_index) <= MAX_REFERENCE_ROWS:
+            return main_index
+        rng = np.random.default_rng(seed)
+        return np.sort(rng.choice(main_index, MAX_REFERENCE_ROWS, replace=False))
+
+    def _fit_scores(self, X, error, latent, is_defect):
+        """Fit the neighbour scorers and the scales of the combined score on
+        the reference rows and the labeled defects (``is_defect``)."""
         self.score_method_ = self.score_method
         if self.score_method == "auto":
             self.score_method_ = "hybrid" if is_defect.any() else "reconstruction"
 
-        main_index = np.flatnonzero(~is_defect)
-        if len(main_index) > MAX_REFERENCE_ROWS:
-            rng = np.random.default_rng(seed)
-            main_index = np.sort(
-                rng.choice(main_index, MAX_REFERENCE_ROWS, replace=False)
-            )
-        self._reference_index = main_index
+        is_main = ~is_defect
         self._latent_scorer = LatentScorer(self.n_neighbors).fit(
-            latent[main_index], latent[is_defect]
+            latent[is_main], latent[is_defect]
         )
         # The hybrid score repeats the neighbour ratio on the input rows, so it
         # keeps the reference rows' input values as well.
         self._input_scorer = None
         if self.score_method_ == "hybrid":
             self._input_scorer = LatentScorer(self.n_neighbors).fit(
-                X[main_index], X[is_defect]
+                X[is_main], X[is_defect]
             )
-        latent_main = self._latent_scorer.score(latent[main_index], in_main=True)
-        self._error_scale = RobustScale().fit(error[main_index])
+        latent_main = self._latent_scorer.score(latent[is_main], in_main=True)
+        self._error_scale = RobustScale().fit(error[is_main])
         self._latent_scale = RobustScale().fit(latent_main)
 
     def _anomaly(self, error, latent, X=None, *, in_main=False, in_defects=False):
@@ -608,17 +625,12 @@ default="adam"
         )
 
     def _training_anomaly(self, X, error, latent, is_defect):
-        """Score the training rows, each without itself as a neighbour."""
-        # Each row is scored once: the reference rows and the defects only
-        # with themselves left out, the rest as new rows.
-        reference = self._reference_index
-        others = ~is_defect
-        others[reference] = False
+        """Score the reference rows and the labeled defects, each without
+        itself as a neighbour."""
         anomaly = np.empty(len(error), dtype=np.float64)
-        if others.any():
-            anomaly[others] = self._anomaly(error[others], latent[others], X[others])
-        anomaly[reference] = self._anomaly(
-            error[reference], latent[reference], X[reference], in_main=True
+        is_main = ~is_defect
+        anomaly[is_main] = self._anomaly(
+            error[is_main], latent[is_main], X[is_main], in_main=True
         )
         if is_defect.any():
             anomaly[is_defect] = self._anomaly(
@@ -626,9 +638,11 @@ default="adam"
             )
         return anomaly
 
-    def _offset(self, X, error, latent, is_defect):
+    def _offset(self, X, error, latent, is_defect, main_weight):
         anomaly = self._training_anomaly(X, error, latent, is_defect)
-        return -contamination_threshold(anomaly, is_defect, self.contamination)
+        return -contamination_threshold(
+            anomaly, is_defect, self.contamination, main_weight=main_weight
+        )
 
     def score_samples(self, X):
         """Return the normality score of each row: higher is more normal.
@@ -820,7 +834,7 @@ n_features), default=None
             columns=detector.feature_names_in_)``.
         """
         check_is_fitted(self)
-        X = check_X(self, X, fitting=False)
+        X = check_X(self, X, fitting=False).astype(np.float32, copy=False)
         if (
             not isinstance(n_steps, Integral)
             or isinstance(n_steps, bool)

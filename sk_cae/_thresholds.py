@@ -21,22 +21,36 @@ _COUNT_TOLERANCE = 1e-9
 TARGETS = ("recall", "false_alarm_rate", "contamination")
 
 
-def contamination_threshold(anomaly, is_defect, contamination):
+def contamination_threshold(anomaly, is_defect, contamination, *, main_weight=1.0):
     """Return the threshold that a ``contamination`` setting puts on ``anomaly``.
 
     A float flags that fraction of all rows: the threshold is the
-    ``100 * (1 - contamination)`` percentile of ``anomaly``. ``"auto"`` takes
-    the ``AUTO_MAIN_PERCENTILE`` percentile of the main-group rows
-    (``~is_defect``) or, when the median anomaly score of the defect rows is
-    higher, the point halfway between the two.
+    ``100 * (1 - contamination)`` percentile of ``anomaly``. When the
+    main-group rows (``~is_defect``) are a sample, each stands for
+    ``main_weight`` rows of the full set, and the percentile is taken with
+    those weights. ``"auto"`` takes the ``AUTO_MAIN_PERCENTILE`` percentile
+    of the main-group rows or, when the median anomaly score of the defect
+    rows is higher, the point halfway between the two.
     """
     if contamination != "auto":
-        return float(np.percentile(anomaly, 100.0 * (1 - contamination)))
+        if main_weight == 1.0:
+            return float(np.percentile(anomaly, 100.0 * (1 - contamination)))
+        weights = np.where(is_defect, 1.0, main_weight)
+        return _weighted_quantile(anomaly, weights, 1 - contamination)
     threshold = np.percentile(anomaly[~is_defect], AUTO_MAIN_PERCENTILE)
     if is_defect.any():
         defect_median = np.median(anomaly[is_defect])
         threshold = max(threshold, (threshold + defect_median) / 2)
     return float(threshold)
+
+
+def _weighted_quantile(values, weights, quantile):
+    """Return the smallest value at or below which lies at least ``quantile``
+    of the total weight."""
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    position = np.searchsorted(cumulative, quantile * cumulative[-1], side="left")
+    return float(values[order[min(position, len(values) - 1)]])
 
 
 def _between(low, high):

@@ -230,3 +230,40 @@ def test_wrong_number_of_features_raises(detector, valid):
     X, y = valid
     with pytest.raises(ValueError, match="features"):
         detector.set_threshold(X[:, :3], y, recall=0.9)
+
+
+def test_sampled_main_rows_count_with_their_weight():
+    """A sample of main rows weighted by 3 sets the threshold that the rows
+    repeated three times would."""
+    from sk_cae._thresholds import contamination_threshold
+
+    rng = np.random.default_rng(0)
+    main, defects = rng.normal(size=200), rng.normal(3.0, 1.0, size=40)
+    anomaly = np.r_[main, defects]
+    is_defect = np.r_[np.zeros(200, bool), np.ones(40, bool)]
+    repeated = np.r_[np.repeat(main, 3), defects]
+    for contamination in (0.01, 0.1, 0.3):
+        weighted = contamination_threshold(
+            anomaly, is_defect, contamination, main_weight=3.0
+        )
+        expected = np.percentile(
+            repeated, 100 * (1 - contamination), method="inverted_cdf"
+        )
+        assert weighted == pytest.approx(expected)
+    # Unweighted, the 40 defects would take most of the top 10 percent.
+    assert contamination_threshold(anomaly, is_defect, 0.1) > weighted
+
+
+def test_threshold_from_reference_sample_flags_contamination(monkeypatch):
+    """With more main rows than the reference sample holds, a float
+    contamination still flags about that fraction of the training rows."""
+    monkeypatch.setattr("sk_cae._detector.MAX_REFERENCE_ROWS", 150)
+    rng = np.random.default_rng(1)
+    X, y = _rows(rng, 1500, 10)
+    detector = ContrastiveAEDetector(
+        max_epochs=3, contamination=0.1, random_state=0
+    ).fit(X, y)
+    assert len(detector._reference_index) == 150
+    assert detector._latent_scorer.n_main_ == 150
+    flagged = np.mean(detector.predict(X) == -1)
+    assert 0.06 < flagged < 0.14
