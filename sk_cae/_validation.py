@@ -61,8 +61,11 @@ def restore_state_on_error(fit):
 
 
 def check_X(estimator, X, *, fitting):
-    """Validate ``X`` like ``validate_data`` and return it as dense,
-    C-ordered float32.
+    """Validate ``X`` like ``validate_data`` and return it dense and C-ordered.
+
+    Training rows come back as float32, the dtype of the network. Rows to
+    score keep float32 or float64: the scorers convert float64 one chunk at a
+    time, which spares a float32 copy of all of ``X``.
 
     Beyond scikit-learn's checks, the error for text or complex values names
     their column and row, and a sparse ``X`` is densified up to
@@ -87,12 +90,15 @@ def check_X(estimator, X, *, fitting):
 
     if sparse.issparse(checked):
         checked = densify(checked)
-    check_value_range(checked, fitting=fitting)
+    # Finite float32 values lie within the float32 range by definition, and
+    # scikit-learn has rejected the infinite ones.
+    if fitting or checked.dtype != np.float32:
+        check_value_range(checked, fitting=fitting)
     if fitting:
         warn_if_constant(checked)
     # C order, because float32 matrix products round differently for
     # Fortran-ordered rows, such as those of a densified CSC matrix.
-    return np.ascontiguousarray(checked, dtype=np.float32)
+    return np.ascontiguousarray(checked, dtype=np.float32 if fitting else None)
 
 
 def explain_conversion_error(X, error):

@@ -487,3 +487,16 @@ def test_frame_and_series_are_unchanged():
     detector.score_samples(frame)
     pd.testing.assert_frame_equal(frame, frame_before)
     pd.testing.assert_series_equal(labels, labels_before)
+
+
+def test_float64_rows_are_scored_without_a_float32_copy(fitted):
+    """float64 rows to score pass validation uncopied, are converted one
+    chunk at a time, and score exactly as their float32 version does."""
+    from sk_cae._validation import check_X
+
+    detector, X = fitted
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    assert np.shares_memory(check_X(detector, X, fitting=False), X)
+    np.testing.assert_array_equal(
+        detector.score_samples(X), detector.score_samples(X.astype(np.float32))
+    )
