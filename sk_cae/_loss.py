@@ -46,6 +46,21 @@ def _pairwise_dist(A, B, eps=1e-12):
     return torch.sqrt(sq.clamp_min(0.0) + eps)
 
 
+def _group_rows(is_defect):
+    """Return the row selectors of the main group and of the defects.
+
+    They are slices when the defects are the last rows of the batch, as
+    :class:`sk_cae.ContrastiveAENet` builds its batches: slicing makes views,
+    where boolean masks copy the rows forward and scatter their gradients
+    backward. Boolean masks otherwise.
+    """
+    n_rows = is_defect.shape[0]
+    n_main = n_rows - int(is_defect.sum())
+    if bool(is_defect[n_main:].all()):
+        return slice(0, n_main), slice(n_main, n_rows)
+    return ~is_defect, is_defect
+
+
 class ContrastiveLoss(nn.Module):
     """Contrastive autoencoder loss for a main group and labeled defects.
 
@@ -136,19 +151,19 @@ class ContrastiveLoss(nn.Module):
         Keys: ``"reconstruction"``, ``"repulsion"`` and ``"compactness"``.
         """
         reconstruction, latent = y_pred
-        is_defect = is_defect.reshape(-1).to(torch.bool)
-        is_main = ~is_defect
+        main_rows, defect_rows = _group_rows(is_defect.reshape(-1).to(torch.bool))
 
-        if is_main.any():
-            error = (reconstruction[is_main] - X[is_main]) ** 2
+        reconstructed_main = reconstruction[main_rows]
+        if reconstructed_main.shape[0]:
+            error = (reconstructed_main - X[main_rows]) ** 2
             reconstruction_term = error.mean()
         else:
             reconstruction_term = reconstruction.new_zeros(())
 
         codes = latent if self.space == "latent" else reconstruction
         width = codes.shape[1]
-        main = codes[is_main]
-        defects = codes[is_defect]
+        main = codes[main_rows]
+        defects = codes[defect_rows]
         compactness = mean_pairwise_sq_dist(main) / width
         if self.contrast == "squared":
             cross = mean_cross_sq_dist(main, defects) / width

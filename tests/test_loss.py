@@ -140,3 +140,18 @@ def test_coinciding_rows_give_finite_gradient():
 def test_invalid_parameters_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ContrastiveLoss(**kwargs)
+
+
+@pytest.mark.parametrize("contrast", ["hinge", "squared"])
+def test_row_order_does_not_change_loss(contrast):
+    """Defects last (sliced) and shuffled rows (masked) give the same terms."""
+    (reconstruction, latent), is_defect, X = _batch()
+    loss = ContrastiveLoss(contrast=contrast)
+    ordered = loss.components((reconstruction, latent), is_defect, X)
+    order = torch.randperm(len(X), generator=torch.Generator().manual_seed(1))
+    shuffled = loss.components(
+        (reconstruction[order], latent[order]), is_defect[order], X[order]
+    )
+    assert is_defect[order][-1] == 0  # the shuffled batch takes the masked path
+    for name, value in ordered.items():
+        assert torch.allclose(value, shuffled[name], rtol=1e-5), name
