@@ -750,8 +750,9 @@ def _training_markdown(training):
             "## 1. Training overhead",
             f"{training['rows']} rows, {training['epochs']} epochs, batch size "
             f"{BATCH_SIZE}, median of {training['repetitions']} alternating "
-            f"repetitions. The whole `fit` also validates the input, encodes the "
-            "training rows and computes their neighbour scores for the threshold. "
+            f"repetitions. The whole `fit` also validates the input, then encodes a "
+            "sample of at most 10,000 main-group rows and the labeled defects "
+            "and computes their neighbour scores for the threshold. "
             f"Goal: ratio of the whole fit <= {TRAINING_RATIO_GOAL} "
             f"({_goal(training['fit_ratio'], TRAINING_RATIO_GOAL)}).",
             _table(
@@ -776,7 +777,8 @@ def _fixed_cost_markdown(training):
     return (
         f"Outside the epochs, `fit` spent {fixed:.2f} s "
         f"({1e6 * fixed / training['rows']:.1f} µs per training row), mostly on "
-        "the neighbour scores of every training row that set the threshold. "
+        "encoding the reference sample and the labeled defects and on their "
+        "neighbour scores, which set the threshold. "
         "This part does not depend on the number of epochs: extrapolated to "
         f"the default `max_epochs=100`, the whole-fit ratio would be {at_100:.2f}."
     )
@@ -803,7 +805,7 @@ def _peers_markdown(peers):
             "per epoch are the difference between fits of 3 epochs and of 1 "
             "epoch (each the faster of two runs), halved; the fixed part is the "
             "rest of the 1-epoch fit (for sk_cae: the neighbour scores of the "
-            "training rows for the threshold; for PyOD: its standardization "
+            "reference sample for the threshold; for PyOD: its standardization "
             "and training scores; for Deep SAD: the hypersphere centre). PyOD's "
             "AutoEncoder has the widths of sk_cae's default network (64, 32) plus "
             "batch normalization and dropout. Deep SAD's network (100, 50, 128, "
@@ -871,7 +873,7 @@ def _scaling_markdown(scaling):
         [
             "## 4. Scaling",
             "Time of one epoch against the number of rows (one-epoch fits; the fit "
-            "time includes the neighbour scores of every training row for the "
+            "time includes the neighbour scores of the reference sample for the "
             "threshold):",
             _table(["rows", "s per epoch", "µs per row", "fit s"], rows),
             f"Time per step against the number of labeled defects, with "
@@ -928,8 +930,9 @@ def _memory_markdown(memory):
             "a child process, against a child that loads the same model and "
             "scores 100 rows. Anonymous memory is what the process allocates; "
             "file-backed memory is the memmap's pages that the process has read, "
-            "which the kernel counts as resident but can drop at any time since "
-            "they are unchanged copies of the file.",
+            "which the kernel counts as resident. The detector releases the "
+            "pages of each scored chunk of a read-only memmap, so they do not "
+            "pile up to the size of the file.",
             _table(
                 ["process", "peak RSS MB", "peak anonymous MB", "peak file MB"],
                 rows,

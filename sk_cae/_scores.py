@@ -4,6 +4,8 @@ Every function here returns *anomaly* scores (higher = more defect-like); the
 estimator negates them for scikit-learn's ``score_samples``.
 """
 
+import mmap
+
 import numpy as np
 import torch
 
@@ -29,15 +31,72 @@ NEIGHBOR_BLOCK_SIZE = 64
 EXTRA_CANDIDATES = 2
 
 
+def _read_only_mapping(X):
+    """Return the read-only ``mmap`` under ``X`` and its start address, or
+    None when ``X`` does not lie in one.
+
+    ``X`` lies in one when it is, or views, a ``numpy.memmap`` opened with
+    ``mode="r"``, as ``numpy.load(..., mmap_mode="r")`` returns.
+    """
+    if getattr(mmap, "MADV_DONTNEED", None) is None:
+        return None
+    array = X
+    while isinstance(array, np.ndarray):
+        if isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap):
+            if array.mode != "r":
+                return None
+            mapping = array.base
+            try:
+                start = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
+            except (TypeError, ValueError):
+                return None
+            return mapping, start
+        array = array.base
+    return None
+
+
+class FilePageRelease:
+    """Give back the pages of a read-only memory-mapped file once read.
+
+    The kernel keeps the pages of a file mapping that a process has read in
+    its resident memory until memory runs short, so scoring a memmap chunk by
+    chunk would let the resident size grow to the whole file. Pages of a
+    read-only mapping hold nothing that is not in the file, so telling the
+    kernel that the rows of a scored chunk are no longer needed
+    (``MADV_DONTNEED``) is safe: a later read maps them again from the page
+    cache or the file. Does nothing for other arrays, or where ``madvise``
+    is missing.
+    """
+
+    def __init__(self, X):
+        found = _read_only_mapping(X) if X.flags.c_contiguous else None
+        self.mapping, self.map_start = found if found else (None, 0)
+        self.row_bytes = X.strides[0] if X.ndim == 2 else 0
+
+    def __call__(self, rows):
+        """Release the whole pages that the C-contiguous ``rows`` lie on."""
+        if self.mapping is None or rows.size == 0:
+            return
+        first = rows.ctypes.data - self.map_start
+        end = first + rows.shape[0] * self.row_bytes
+        first -= first % mmap.PAGESIZE
+        end = min(end - end % mmap.PAGESIZE, len(self.mapping))
+        if 0 <= first < end:
+            self.mapping.madvise(mmap.MADV_DONTNEED, first, end - first)
+
+
 def _encoded_chunks(module, X, device, chunk_size):
     """Yield ``(start, stop, error, latent)`` for consecutive row chunks of ``X``.
 
     ``error`` (float64) and ``latent`` (float32) are NumPy arrays of the
     chunk. A float32 chunk on the CPU is passed to the module without a copy;
-    other dtypes are converted one chunk at a time.
+    other dtypes are converted one chunk at a time. Once the caller is done
+    with a chunk, the pages of a read-only memmap that held it are released
+    (see :class:`FilePageRelease`).
     """
     was_training = module.training
     module.eval()
+    release = FilePageRelease(X)
     try:
         with torch.inference_mode():
             for start in range(0, X.shape[0], chunk_size):
@@ -51,6 +110,7 @@ def _encoded_chunks(module, X, device, chunk_size):
                     error.cpu().numpy().astype(np.float64),
                     code.float().cpu().numpy(),
                 )
+                release(X[start:stop])
     finally:
         module.train(was_training)
 

@@ -1,6 +1,8 @@
 """Functional checks of the fast paths: chunked scoring, the torch neighbour
 search, the training iterator and the optimizer settings. No timings."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -176,6 +178,58 @@ def test_score_samples_reads_memmap(fitted, tmp_path):
     np.testing.assert_array_equal(
         fitted.decision_function(mapped), fitted.decision_function(X)
     )
+
+
+def _file_rss_kib():
+    """Resident memory of this process that maps files (Linux only)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    pytest.skip("/proc/self/status has no RssFile line")
+
+
+@pytest.fixture
+def plain(blobs):
+    """A detector without labels, whose reconstruction score is fast."""
+    return ContrastiveAEDetector(max_epochs=1, random_state=0).fit(blobs[0])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux")
+def test_scored_memmap_pages_leave_resident_memory(plain, tmp_path):
+    """Scoring a 32 MiB read-only memmap chunk by chunk keeps far less than
+    the file resident, and offset and strided views score correctly."""
+    n_rows = 2**21
+    path = tmp_path / "rows.f32"
+    rng = np.random.default_rng(9)
+    with open(path, "wb") as file:
+        for _ in range(8):
+            rng.normal(size=(n_rows // 8, 4)).astype(np.float32).tofile(file)
+    mapped = np.memmap(path, dtype=np.float32, mode="r", shape=(n_rows, 4))
+    plain.score_samples(mapped[:10])
+
+    before = _file_rss_kib()
+    scores = plain.score_samples(mapped[1000:])
+    added_mib = (_file_rss_kib() - before) / 1024
+
+    assert added_mib < 8, f"{added_mib:.1f} MiB of the 32 MiB file stayed resident"
+    part = np.asarray(mapped[1000 : 1000 + ENCODE_CHUNK_SIZE + 7])
+    np.testing.assert_array_equal(scores[: len(part)], plain.score_samples(part))
+    np.testing.assert_array_equal(
+        plain.score_samples(mapped[::3][:500]),
+        plain.score_samples(np.asarray(mapped[::3][:500])),
+    )
+
+
+def test_copy_on_write_memmap_pages_are_kept(plain, tmp_path):
+    """A private (mode "c") mapping may hold the caller's changes, which
+    releasing its pages would drop."""
+    path = tmp_path / "rows.f32"
+    np.zeros((100, 4), dtype=np.float32).tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode="c", shape=(100, 4))
+    mapped[:] = 1.0
+    plain.score_samples(mapped)
+    np.testing.assert_array_equal(mapped, np.ones((100, 4), dtype=np.float32))
 
 
 def test_score_samples_leaves_input_unchanged(fitted):
