@@ -12,6 +12,8 @@ from sklearn.utils._missing import is_pandas_na, is_scalar_nan
 from sklearn.utils.validation import validate_data
 from skorch.callbacks import Callback
 
+from ._scores import FilePageRelease
+
 # Largest dense float32 copy of a sparse X that fit and score_samples make on
 # their own (1 GiB). Sparse input usually means very wide data, whose dense
 # form can be many times larger than the sparse one, so anything bigger is
@@ -24,6 +26,9 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 # squares every input value in the reconstruction error, so larger values
 # make the loss infinite at the first step.
 MAX_ABS_TRAINING_VALUE = math.sqrt(FLOAT32_MAX)
+
+# Rows of a memory-mapped X checked at a time for non-finite values.
+MAPPED_CHECK_ROWS = 65_536
 
 # Maximum length of the repr of a rejected value quoted in an error message.
 MAX_QUOTED_LENGTH = 60
@@ -72,7 +77,12 @@ def check_X(estimator, X, *, fitting):
     ``MAX_SPARSE_DENSE_BYTES``. Values beyond the float32 range, or beyond
     ``MAX_ABS_TRAINING_VALUE`` when ``fitting``, raise instead of turning into
     infinities. A constant ``X`` at fit warns.
+
+    Rows to score from a read-only ``numpy.memmap`` are checked chunk by
+    chunk, and the pages of each checked chunk are released, as the scorers
+    do: a check of the whole file at once would make all of it resident.
     """
+    mapped = not fitting and isinstance(X, np.memmap) and X.mode == "r"
     try:
         checked = validate_data(
             estimator,
@@ -81,6 +91,7 @@ def check_X(estimator, X, *, fitting):
             accept_sparse=True,
             dtype=[np.float32, np.float64],
             ensure_min_samples=2 if fitting else 1,
+            ensure_all_finite=not mapped,
         )
     except (TypeError, ValueError) as exc:
         explained = explain_conversion_error(X, exc)
@@ -90,9 +101,11 @@ def check_X(estimator, X, *, fitting):
 
     if sparse.issparse(checked):
         checked = densify(checked)
+    if mapped:
+        check_mapped_rows(checked)
     # Finite float32 values lie within the float32 range by definition, and
     # scikit-learn has rejected the infinite ones.
-    if fitting or checked.dtype != np.float32:
+    elif fitting or checked.dtype != np.float32:
         check_value_range(checked, fitting=fitting)
     if fitting:
         warn_if_constant(checked)
@@ -192,6 +205,31 @@ def densify(X):
         "if the memory is there, or score X in chunks of at most "
         f"{max_rows} rows."
     )
+
+
+def check_mapped_rows(X):
+    """Check the rows to score of a memory-mapped ``X`` one chunk at a time:
+    raise a ValueError for a NaN or infinite value or for a value beyond the
+    float32 range, and release the pages of each chunk once checked."""
+    release = FilePageRelease(X)
+    largest = 0.0
+    for start in range(0, X.shape[0], MAPPED_CHECK_ROWS):
+        rows = X[start : start + MAPPED_CHECK_ROWS]
+        not_finite = ~np.isfinite(rows)
+        if not_finite.any():
+            row, column = np.argwhere(not_finite)[0]
+            value = rows[row, column]
+            raise ValueError(
+                f"Input X contains {'NaN' if np.isnan(value) else value} at row "
+                f"{start + row}, column {column}; the detector scores finite "
+                "values only. Impute missing values first, for example with "
+                "sklearn.impute.SimpleImputer in a Pipeline."
+            )
+        if rows.dtype != np.float32 and rows.size:
+            largest = max(largest, float(rows.max()), -float(rows.min()))
+        release(rows)
+    if largest > FLOAT32_MAX:
+        check_value_range(X, fitting=False)
 
 
 def check_value_range(X, *, fitting):

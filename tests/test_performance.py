@@ -19,6 +19,7 @@ from sk_cae._scores import (
     encode_rows,
     score_rows,
 )
+from sk_cae._validation import check_X
 
 
 @pytest.mark.parametrize(
@@ -209,16 +210,37 @@ def test_scored_memmap_pages_leave_resident_memory(plain, tmp_path):
     plain.score_samples(mapped[:10])
 
     before = _file_rss_kib()
+    check_X(plain, mapped[1000:], fitting=False)
+    after_check = (_file_rss_kib() - before) / 1024
     scores = plain.score_samples(mapped[1000:])
-    added_mib = (_file_rss_kib() - before) / 1024
+    after_score = (_file_rss_kib() - before) / 1024
 
-    assert added_mib < 8, f"{added_mib:.1f} MiB of the 32 MiB file stayed resident"
+    for phase, added_mib in [("check", after_check), ("score", after_score)]:
+        assert added_mib < 8, f"{phase}: {added_mib:.1f} MiB of 32 MiB resident"
     part = np.asarray(mapped[1000 : 1000 + ENCODE_CHUNK_SIZE + 7])
     np.testing.assert_array_equal(scores[: len(part)], plain.score_samples(part))
     np.testing.assert_array_equal(
         plain.score_samples(mapped[::3][:500]),
         plain.score_samples(np.asarray(mapped[::3][:500])),
     )
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (np.nan, "contains NaN at row 66000, column 2"),
+        (-np.inf, "contains -inf at row 66000, column 2"),
+        (1e39, "the largest is 1e\\+39 at row 66000, column 2"),
+    ],
+)
+def test_bad_memmap_value_is_located(plain, tmp_path, value, match):
+    rows = np.zeros((70_000, 4), dtype=np.float64)
+    rows[66_000, 2] = value
+    path = tmp_path / "rows.f64"
+    rows.tofile(path)
+    mapped = np.memmap(path, dtype=np.float64, mode="r", shape=rows.shape)
+    with pytest.raises(ValueError, match=match):
+        plain.score_samples(mapped)
 
 
 def test_copy_on_write_memmap_pages_are_kept(plain, tmp_path):
