@@ -97,6 +97,7 @@ def anomaly_contributions(
     latent_scale,
     n_steps,
     input_scorer=None,
+    defect_probability=None,
     device="cpu",
 ):
     """Return each feature's contribution to the anomaly score of each row.
@@ -107,7 +108,9 @@ def anomaly_contributions(
     encoder sends defects away from the main group, so their reconstruction
     is poor in every feature, not only in the features that make them
     defects. ``input_scorer`` is the neighbour scorer on the input rows that
-    the hybrid score averages with the latent one.
+    the hybrid scores average with the latent one, and
+    ``defect_probability`` the logistic regression that ``"hybrid_logistic"``
+    averages with both.
     """
     if score_method not in SCORE_METHODS:
         raise ValueError(
@@ -121,8 +124,11 @@ def anomaly_contributions(
         latent_score = latent_scorer.score_tensor(latent)
         if score_method == "latent":
             return latent_score
-        if score_method == "hybrid":
-            return (latent_score + input_scorer.score_tensor(rows)) / 2
+        if score_method in ("hybrid", "hybrid_logistic"):
+            anomaly = (latent_score + input_scorer.score_tensor(rows)) / 2
+            if defect_probability is None:
+                return anomaly
+            return (anomaly + defect_probability.probability_tensor(rows)) / 2
         # The centers of the robust scaling are constants and drop out of the
         # gradients.
         error = ((reconstruction - rows) ** 2).mean(dim=1)

@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.history import History
 
 from ._detector import ContrastiveAEDetector
-from ._scores import SCORE_METHODS, LatentScorer, RobustScale
+from ._scores import SCORE_METHODS, DefectProbability, LatentScorer, RobustScale
 
 # Name of the safetensors member of a model file, named in error messages.
 ARRAYS = "detector.safetensors"
@@ -31,6 +31,9 @@ FITTED_SCALES = ("_error_scale", "_latent_scale")
 # Neighbour scorers (LatentScorer instances, or None where the score method
 # does not use one), each rebuilt from the reference rows it was fitted on.
 NEIGHBOR_SCORERS = {"_latent_scorer": "latent_scorer", "_input_scorer": "input_scorer"}
+# The logistic regression of the "hybrid_logistic" score, stored as its
+# coefficients and intercept.
+DEFECT_PROBABILITY = "defect_probability"
 FITTED_ARRAYS = {
     "_reference_index": "reference_index",
     "_feature_baseline": "feature_baseline",
@@ -160,7 +163,14 @@ def detector_state(detector):
             main, defects = scorer_reference(scorer)
             arrays[f"{key}.main"] = main
             arrays[f"{key}.defects"] = defects
-            scorers[key] = {"n_neighbors": int(scorer.n_neighbors)}
+            scorers[key] = {
+                "n_neighbors": int(scorer.n_neighbors),
+                "local_scale": bool(scorer.local_scale),
+            }
+    probability = detector._defect_probability
+    if probability is not None:
+        arrays[f"{DEFECT_PROBABILITY}.coef"] = np.asarray(probability.coef_)
+        arrays[f"{DEFECT_PROBABILITY}.intercept"] = np.array([probability.intercept_])
     for attribute, key in FITTED_ARRAYS.items():
         arrays[key] = np.asarray(getattr(detector, attribute))
     arrays = {key: np.ascontiguousarray(value) for key, value in arrays.items()}
@@ -171,6 +181,7 @@ def detector_state(detector):
         "fitted": fitted,
         "scales": scales,
         "neighbor_scorers": scorers,
+        DEFECT_PROBABILITY: probability is not None,
         "module": _module_params(net),
         "history": _history_to_json(net.history),
     }
@@ -289,6 +300,12 @@ def build_detector(description, arrays, device):
     scorers = expect(description, "neighbor_scorers", dict, where)
     for attribute, key in NEIGHBOR_SCORERS.items():
         setattr(detector, attribute, _rebuild_scorer(scorers, key, arrays, where))
+    detector._defect_probability = _rebuild_probability(
+        expect(description, DEFECT_PROBABILITY, bool, where),
+        arrays,
+        detector.n_features_in_,
+        where,
+    )
     missing = sorted(set(FITTED_ARRAYS.values()) - set(arrays))
     if missing:
         raise ModelFileError(f"{ARRAYS} lacks the arrays {missing}.")
@@ -305,6 +322,7 @@ def _rebuild_scorer(scorers, key, arrays, where):
     if entry is None:
         return None
     n_neighbors = expect(entry, "n_neighbors", int, where)
+    local_scale = expect(entry, "local_scale", bool, where)
     names = [f"{key}.main", f"{key}.defects"]
     missing = [name for name in names if name not in arrays]
     if missing:
@@ -316,7 +334,27 @@ def _rebuild_scorer(scorers, key, arrays, where):
             f"and {defects.shape}; expected two 2-dimensional arrays with at "
             "least one main-group row."
         )
-    return LatentScorer(n_neighbors).fit(main, defects)
+    return LatentScorer(n_neighbors, local_scale=local_scale).fit(main, defects)
+
+
+def _rebuild_probability(stored, arrays, n_features, where):
+    """Return the stored DefectProbability, or None when ``stored`` is False."""
+    if not stored:
+        return None
+    names = [f"{DEFECT_PROBABILITY}.coef", f"{DEFECT_PROBABILITY}.intercept"]
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise ModelFileError(f"{ARRAYS} lacks the arrays {missing}.")
+    coef, intercept = (np.array(arrays[name], dtype=np.float64) for name in names)
+    if coef.shape != (n_features,) or intercept.shape != (1,):
+        raise ModelFileError(
+            f"{where}: the defect probability has coefficients of shape "
+            f"{coef.shape} and an intercept of shape {intercept.shape}; expected "
+            f"({n_features},) and (1,)."
+        )
+    probability = DefectProbability()
+    probability.coef_, probability.intercept_ = coef, float(intercept[0])
+    return probability
 
 
 def _rebuild_net(detector, description, arrays):

@@ -173,12 +173,13 @@ def _squared_distances(graph, codes, reference):
 
 def _neighbor_score(graph, scorer, rows):
     """Append the score of a fitted ``LatentScorer`` for float32 ``rows``:
-    ``d_main / (d_main + d_defect)``, or ``d_main`` without labeled defects."""
+    ``d_main / (d_main + d_defect)``, or ``d_main`` without labeled defects,
+    with ``d_main`` divided by the local spacing where the scorer has one."""
     main, defects = scorer_reference(scorer)
     codes = graph.cast(rows, np.float64)
 
     k = min(int(scorer.n_neighbors), len(main))
-    nearest, _ = graph.op(
+    nearest, positions = graph.op(
         "TopK",
         _squared_distances(graph, codes, main),
         graph.constant(np.array([k], dtype=np.int64), "k"),
@@ -188,14 +189,33 @@ def _neighbor_score(graph, scorer, rows):
         sorted=1,
     )
     d_main = graph.reduce("ReduceMean", graph.op("Sqrt", nearest), 1, 0)
+    tiny = graph.constant(np.array(np.finfo(np.float64).tiny))
+    if scorer.main_spacing_ is not None:
+        spacing = graph.constant(np.asarray(scorer.main_spacing_), "spacing")
+        local = graph.reduce(
+            "ReduceMean", graph.op("Gather", spacing, positions, axis=0), 1, 0
+        )
+        typical = graph.constant(np.array(float(scorer.typical_spacing_)))
+        d_main = graph.op(
+            "Div", graph.op("Mul", d_main, typical), graph.op("Max", local, tiny)
+        )
     if len(defects) == 0:
         return d_main
 
     squared = graph.reduce("ReduceMin", _squared_distances(graph, codes, defects), 1, 0)
     d_defect = graph.op("Sqrt", squared)
-    tiny = graph.constant(np.array(np.finfo(np.float64).tiny))
     total = graph.op("Max", graph.op("Add", d_main, d_defect), tiny)
     return graph.op("Div", d_main, total)
+
+
+def _defect_probability(graph, model, rows):
+    """Append ``expit(rows @ coef + intercept)`` in float64 for float32 ``rows``."""
+    coef = graph.constant(np.asarray(model.coef_, dtype=np.float64), "coef")
+    intercept = graph.constant(np.array(float(model.intercept_)), "intercept")
+    logit = graph.op(
+        "Add", graph.op("MatMul", graph.cast(rows, np.float64), coef), intercept
+    )
+    return graph.op("Sigmoid", logit)
 
 
 def _robust_scale(graph, value, scale):
@@ -233,13 +253,17 @@ def _build_graph(onnx, scaler, detector, opset):
         anomaly = error
     elif method == "latent":
         anomaly = _neighbor_score(graph, detector._latent_scorer, latent)
-    elif method == "hybrid":
+    elif method in ("hybrid", "hybrid_logistic"):
+        half = graph.constant(np.array(0.5))
         total = graph.op(
             "Add",
             _neighbor_score(graph, detector._latent_scorer, latent),
             _neighbor_score(graph, detector._input_scorer, rows),
         )
-        anomaly = graph.op("Div", total, graph.constant(np.array(2.0)))
+        anomaly = graph.op("Mul", total, half)
+        if detector._defect_probability is not None:
+            probability = _defect_probability(graph, detector._defect_probability, rows)
+            anomaly = graph.op("Mul", graph.op("Add", anomaly, probability), half)
     elif method == "combined":
         anomaly = graph.op(
             "Add",

@@ -8,10 +8,20 @@ import mmap
 
 import numpy as np
 import torch
+from scipy.special import expit
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
 
 from ._module import as_tensor
 
-SCORE_METHODS = ("reconstruction", "latent", "combined", "hybrid")
+SCORE_METHODS = ("reconstruction", "latent", "combined", "hybrid", "hybrid_logistic")
+
+# Folds of the out-of-fold defect probabilities of the training rows.
+PROBABILITY_FOLDS = 5
+
+# Iteration cap of the logistic regression; standardized rows converge long
+# before it.
+LOGISTIC_MAX_ITER = 2000
 
 # Rows encoded per forward pass when scoring. Smaller chunks keep the
 # intermediate tensors in the CPU caches. With one torch thread on an AMD EPYC
@@ -208,7 +218,7 @@ class BruteForceKNN:
         self.exact_reference[:n_reference] = reference.double()
         self.chunk_rows = max(1, DISTANCE_CHUNK_ENTRIES // n_padded)
 
-    def query(self, queries, k):
+    def query(self, queries, k, *, return_index=False):
         """Return the distances to the ``k`` nearest reference rows.
 
         The distances are measured in float64. A true neighbour is missed only
@@ -223,13 +233,20 @@ class BruteForceKNN:
         k : int
             Between 1 and the number of reference rows.
 
+        return_index : bool, default=False
+            Whether to return the positions of the neighbours as well.
+
         Returns
         -------
         distances : ndarray of shape (n_queries, k), float64
             Sorted in increasing order along each row.
+        index : ndarray of shape (n_queries, k), int64
+            Positions of those neighbours among the reference rows; only
+            with ``return_index=True``.
         """
         queries = torch.as_tensor(np.asarray(queries, dtype=np.float32))
         distances = np.empty((queries.shape[0], k), dtype=np.float64)
+        index = np.empty((queries.shape[0], k), dtype=np.int64)
         # One buffer for every chunk: a fresh allocation of this size each
         # time costs page faults that took longer than the matrix product.
         buffer = torch.empty(
@@ -239,14 +256,16 @@ class BruteForceKNN:
             for start in range(0, queries.shape[0], self.chunk_rows):
                 rows = queries[start : start + self.chunk_rows]
                 partial = buffer[: len(rows)]
-                distances[start : start + len(rows)] = self._query_chunk(
+                stop = start + len(rows)
+                distances[start:stop], index[start:stop] = self._query_chunk(
                     rows, k, partial
                 )
-        return distances
+        return (distances, index) if return_index else distances
 
     def _query_chunk(self, rows, k, partial):
-        """Return the ``k`` smallest distances of ``rows``, using the
-        ``(len(rows), n_padded)`` tensor ``partial`` as scratch space."""
+        """Return the ``k`` smallest distances of ``rows`` and the positions
+        of their reference rows, using the ``(len(rows), n_padded)`` tensor
+        ``partial`` as scratch space."""
         n_candidates = min(k + EXTRA_CANDIDATES, self.n_reference)
         n_searched_blocks = min(n_candidates, self.n_blocks)
 
@@ -262,9 +281,14 @@ class BruteForceKNN:
             n_candidates, dim=1, largest=False, sorted=False
         )
 
-        candidates = self.exact_reference[searched.gather(1, best.indices)]
+        positions = searched.gather(1, best.indices)
+        candidates = self.exact_reference[positions]
         squared = (candidates - rows.double()[:, None, :]).square_().sum(dim=2)
-        return squared.sort(dim=1).values[:, :k].sqrt_().numpy()
+        nearest = squared.sort(dim=1)
+        return (
+            nearest.values[:, :k].sqrt_().numpy(),
+            positions.gather(1, nearest.indices[:, :k]).numpy(),
+        )
 
 
 class LatentScorer:
@@ -278,14 +302,27 @@ class LatentScorer:
     such as an outlier of another kind. Without labeled defects the score is
     ``d_main`` alone.
 
+    With ``local_scale=True``, ``d_main`` is measured against the spacing of
+    the main group where the row lies, as the local outlier factor does: it
+    is multiplied by ``s_typical / s_local``, where ``s_local`` is the mean
+    spacing of the row's main-group neighbours (each one's own ``d_main``
+    among the other main rows) and ``s_typical`` the median spacing of all
+    main rows. A row inside a sparse group of training rows, such as
+    unlabeled outliers of another kind, then scores as close to the main
+    group as a row inside its dense part. Rows from the codes of a single
+    point (all spacings zero) are scored without this adjustment.
+
     Parameters
     ----------
     n_neighbors : int
         Number of main-group neighbours averaged in ``d_main``.
+    local_scale : bool, default=False
+        Whether ``d_main`` is divided by the local spacing, as above.
     """
 
-    def __init__(self, n_neighbors):
+    def __init__(self, n_neighbors, *, local_scale=False):
         self.n_neighbors = n_neighbors
+        self.local_scale = local_scale
 
     def fit(self, latent_main, latent_defects):
         # The codes are kept besides the neighbour searches for score_tensor,
@@ -296,13 +333,29 @@ class LatentScorer:
         self.n_defects_ = len(latent_defects)
         self._main_knn = BruteForceKNN(latent_main)
         self._defect_knn = BruteForceKNN(latent_defects) if self.n_defects_ else None
+        self.main_spacing_ = None
+        if self.local_scale and self.n_main_ > 1:
+            spacing, _ = self._main_neighbors(self.latent_main_, exclude_self=True)
+            typical = float(np.median(spacing))
+            if typical > 0:
+                self.main_spacing_ = spacing
+                self.typical_spacing_ = typical
         return self
 
-    def _main_distance(self, latent, exclude_self):
+    def _main_neighbors(self, latent, exclude_self):
+        """Return the mean distance to the nearest main rows and their positions."""
         skip = int(exclude_self and self.n_main_ > 1)
         k = min(self.n_neighbors, self.n_main_ - skip)
-        distances = self._main_knn.query(latent, k + skip)
-        return distances[:, skip:].mean(axis=1)
+        distances, index = self._main_knn.query(latent, k + skip, return_index=True)
+        return distances[:, skip:].mean(axis=1), index[:, skip:]
+
+    def _main_distance(self, latent, exclude_self):
+        d_main, index = self._main_neighbors(latent, exclude_self)
+        if self.main_spacing_ is None:
+            return d_main
+        local = self.main_spacing_[index].mean(axis=1)
+        tiny = np.finfo(np.float64).tiny
+        return d_main * self.typical_spacing_ / np.maximum(local, tiny)
 
     def _defect_distance(self, latent, exclude_self):
         skip = int(exclude_self and self.n_defects_ > 1)
@@ -333,16 +386,22 @@ class LatentScorer:
         options = {"device": latent.device, "dtype": latent.dtype}
         main = torch.as_tensor(self.latent_main_, **options)
         k = min(self.n_neighbors, self.n_main_)
-        d_main = self._nearest_distances(latent, main, k).mean(dim=1)
+        distances, index = self._nearest_distances(latent, main, k)
+        d_main = distances.mean(dim=1)
+        if self.main_spacing_ is not None:
+            spacing = torch.as_tensor(self.main_spacing_, **options)
+            local = spacing[index].mean(dim=1).clamp_min(torch.finfo(latent.dtype).tiny)
+            d_main = d_main * self.typical_spacing_ / local
         if self.n_defects_ == 0:
             return d_main
         defects = torch.as_tensor(self.latent_defects_, **options)
-        d_defect = self._nearest_distances(latent, defects, 1)[:, 0]
+        d_defect = self._nearest_distances(latent, defects, 1)[0][:, 0]
         return d_main / (d_main + d_defect).clamp_min(torch.finfo(latent.dtype).tiny)
 
     @staticmethod
     def _nearest_distances(latent, reference, k):
-        """Distances from each row to its ``k`` nearest reference rows.
+        """Return the distances from each row to its ``k`` nearest reference
+        rows, and the positions of those rows.
 
         The neighbours are searched without gradients, and only the ``k``
         chosen distances are recomputed with them: back-propagating through
@@ -350,7 +409,80 @@ class LatentScorer:
         """
         with torch.no_grad():
             index = torch.cdist(latent, reference).topk(k, largest=False).indices
-        return torch.linalg.vector_norm(latent[:, None, :] - reference[index], dim=2)
+        distances = torch.linalg.vector_norm(
+            latent[:, None, :] - reference[index], dim=2
+        )
+        return distances, index
+
+
+class DefectProbability:
+    """Probability that a row is a labeled defect, by logistic regression.
+
+    A scikit-learn ``LogisticRegression`` with its default L2 penalty is
+    fitted on the standardized rows, labeled defects against main-group
+    rows. The standardization is then folded into the coefficients, so a
+    probability is ``expit(X @ coef_ + intercept_)`` on the rows as given.
+
+    Where the main-group rows are a sample, ``main_weight`` makes each count
+    for the rows it stands for, so the balance between the two groups is
+    that of the full training set.
+    """
+
+    def fit(self, X_main, X_defects, *, main_weight=1.0):
+        self.coef_, self.intercept_ = self._fit_linear(X_main, X_defects, main_weight)
+        return self
+
+    @staticmethod
+    def _fit_linear(X_main, X_defects, main_weight):
+        X = np.vstack([X_main, X_defects]).astype(np.float64)
+        y = np.r_[np.zeros(len(X_main)), np.ones(len(X_defects))]
+        weight = np.r_[
+            np.full(len(X_main), float(main_weight)), np.ones(len(X_defects))
+        ]
+        mean = np.average(X, axis=0, weights=weight)
+        std = np.sqrt(np.average((X - mean) ** 2, axis=0, weights=weight))
+        std[std == 0] = 1.0
+        model = LogisticRegression(max_iter=LOGISTIC_MAX_ITER)
+        model.fit((X - mean) / std, y, sample_weight=weight)
+        coef = model.coef_[0] / std
+        return coef, float(model.intercept_[0] - coef @ mean)
+
+    def out_of_fold(self, X_main, X_defects, *, main_weight=1.0, seed=0):
+        """Return the probabilities of the training rows from models fitted
+        without them: up to ``PROBABILITY_FOLDS`` folds stratified by group.
+
+        The probability of a row from the model that saw it flatters the
+        labeled defects above all, which would move the threshold. With a
+        single labeled defect there is no fold to leave it out of, and the
+        fitted model scores every row.
+        """
+        n_main, n_defects = len(X_main), len(X_defects)
+        X = np.vstack([X_main, X_defects])
+        if n_defects < 2:
+            return self.probability(X[:n_main]), self.probability(X[n_main:])
+        is_defect = np.arange(len(X)) >= n_main
+        folds = StratifiedKFold(
+            n_splits=min(PROBABILITY_FOLDS, n_defects), shuffle=True, random_state=seed
+        )
+        probability = np.empty(len(X))
+        for kept, left_out in folds.split(X, is_defect):
+            coef, intercept = self._fit_linear(
+                X[kept][~is_defect[kept]], X[kept][is_defect[kept]], main_weight
+            )
+            probability[left_out] = expit(X[left_out] @ coef + intercept)
+        return probability[:n_main], probability[n_main:]
+
+    def probability(self, X):
+        """Return the defect probability of every row of ``X``, rounded to
+        float32 first like the rows that the network sees."""
+        rows = np.asarray(X, dtype=np.float32).astype(np.float64)
+        return expit(rows @ self.coef_ + self.intercept_)
+
+    def probability_tensor(self, rows):
+        """Return the defect probabilities of ``rows`` as a differentiable tensor."""
+        options = {"device": rows.device, "dtype": rows.dtype}
+        coef = torch.as_tensor(self.coef_, **options)
+        return torch.sigmoid(rows @ coef + self.intercept_)
 
 
 class RobustScale:

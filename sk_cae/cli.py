@@ -607,8 +607,9 @@ def _add_model_commands(commands):
         "--score-method",
         default="auto",
         metavar="METHOD",
-        help="how rows are scored: auto, latent, reconstruction, combined or "
-        "hybrid, as the detector's score_method (default: auto)",
+        help="how rows are scored: auto, latent, reconstruction, combined, "
+        "hybrid or hybrid_logistic, as the detector's score_method (default: "
+        "auto)",
     )
     detector.add_argument(
         "--contamination",

@@ -55,7 +55,7 @@ def test_fitted_attributes(blobs):
     detector = ContrastiveAEDetector(**FAST).fit(X, y)
     assert detector.n_features_in_ == 4
     assert detector.n_defects_ == 12
-    assert detector.score_method_ == "hybrid"
+    assert detector.score_method_ == "hybrid_logistic"
     assert len(detector.net_.history) == 5
     assert np.isfinite(detector.offset_)
 

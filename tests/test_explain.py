@@ -47,7 +47,7 @@ def fitted(data):
         score_method: ContrastiveAEDetector(
             score_method=score_method, max_epochs=30, random_state=0
         ).fit(X, y)
-        for score_method in ("latent", "combined", "hybrid")
+        for score_method in ("latent", "combined", "hybrid", "hybrid_logistic")
     }
     detectors["reconstruction"] = ContrastiveAEDetector(
         latent_dim=2, max_epochs=30, random_state=0
@@ -56,7 +56,8 @@ def fitted(data):
 
 
 @pytest.mark.parametrize(
-    "score_method", ["latent", "reconstruction", "combined", "hybrid"]
+    "score_method",
+    ["latent", "reconstruction", "combined", "hybrid", "hybrid_logistic"],
 )
 def test_shifted_feature_explains_the_score(fitted, data, score_method):
     """A defect made by shifting one feature is explained by that feature."""
@@ -91,15 +92,22 @@ def test_latent_contributions_sum_to_score_difference(fitted, data):
     assert np.abs(contributions.sum(axis=1) - gap).max() < 0.02
 
 
-@pytest.mark.parametrize("score_method", ["combined", "hybrid"])
+@pytest.mark.parametrize("score_method", ["combined", "hybrid", "hybrid_logistic"])
 def test_contributions_sum_to_score_difference(fitted, data, score_method):
+    """The sums match the score gaps up to the midpoint rule's error. The
+    local spacing of "hybrid_logistic" jumps where a row's neighbours change
+    along the path, which the gradients miss, so its sums are looser."""
     X, y, X_test = data
     detector = fitted[score_method]
     contributions = detector.feature_contributions(X_test, n_steps=400)
     baseline = np.median(X[y == 0], axis=0)
     gap = -detector.score_samples(X_test) + detector.score_samples(baseline[None])
     spread = np.ptp(-detector.score_samples(X_test))
-    assert np.abs(contributions.sum(axis=1) - gap).max() < 0.02 * spread
+    error = np.abs(contributions.sum(axis=1) - gap)
+    if score_method == "hybrid_logistic":
+        assert error.max() < 0.1 * np.abs(gap).max()
+    else:
+        assert error.max() < 0.02 * spread
 
 
 def test_per_row_baseline_equal_to_rows_gives_zero(fitted, data):
