@@ -300,8 +300,10 @@ def build_detector(description, arrays, device):
     scorers = expect(description, "neighbor_scorers", dict, where)
     for attribute, key in NEIGHBOR_SCORERS.items():
         setattr(detector, attribute, _rebuild_scorer(scorers, key, arrays, where))
+    # Files written before the hybrid_logistic score have no such entry.
+    stored = DEFECT_PROBABILITY in description
     detector._defect_probability = _rebuild_probability(
-        expect(description, DEFECT_PROBABILITY, bool, where),
+        stored and expect(description, DEFECT_PROBABILITY, bool, where),
         arrays,
         detector.n_features_in_,
         where,
@@ -322,7 +324,8 @@ def _rebuild_scorer(scorers, key, arrays, where):
     if entry is None:
         return None
     n_neighbors = expect(entry, "n_neighbors", int, where)
-    local_scale = expect(entry, "local_scale", bool, where)
+    # Files written before the local scale existed have no such entry.
+    local_scale = "local_scale" in entry and expect(entry, "local_scale", bool, where)
     names = [f"{key}.main", f"{key}.defects"]
     missing = [name for name in names if name not in arrays]
     if missing:

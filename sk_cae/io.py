@@ -12,7 +12,9 @@ A model file is a zip archive with three kinds of members:
     weights (``module.<name>``), the latent codes that the latent score
     measures distances to (``latent_scorer.main`` and
     ``latent_scorer.defects``; ``input_scorer.*`` likewise for the input rows
-    of the hybrid score), and private arrays such as ``reference_index``.
+    of the hybrid scores), the logistic regression of the
+    ``"hybrid_logistic"`` score (``defect_probability.coef`` and
+    ``.intercept``), and private arrays such as ``reference_index``.
 
 ``pipeline.skops``
     Only for a ``Pipeline``: the pipeline with the detector's step replaced by

@@ -516,3 +516,38 @@ def test_missing_safetensors_names_extra(detector, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
     with pytest.raises(ImportError, match=r"pip install 'sk-cae\[io\]'"):
         save(detector, tmp_path / "model.skcae")
+
+
+def test_file_without_hybrid_logistic_entries_loads(data, tmp_path):
+    """A hybrid model written before the local scale and the defect
+    probability existed has neither entry, and loads as it was."""
+    X, y = data
+    hybrid = ContrastiveAEDetector(
+        score_method="hybrid", max_epochs=2, random_state=0
+    ).fit(X, y)
+    path = tmp_path / "hybrid.skcae"
+    save(hybrid, path)
+
+    def older(manifest):
+        del manifest["detector"]["defect_probability"]
+        for entry in manifest["detector"]["neighbor_scorers"].values():
+            del entry["local_scale"]
+
+    _edit_manifest(path, older)
+    loaded = load(path)
+    assert loaded._defect_probability is None
+    np.testing.assert_array_equal(
+        loaded.decision_function(X), hybrid.decision_function(X)
+    )
+
+
+def test_default_model_keeps_defect_probability(data, detector, model_file):
+    X, _ = data
+    loaded = load(model_file)
+    assert loaded.score_method_ == "hybrid_logistic"
+    np.testing.assert_array_equal(
+        loaded._defect_probability.coef_, detector._defect_probability.coef_
+    )
+    np.testing.assert_allclose(
+        loaded.decision_function(X), detector.decision_function(X), rtol=1e-12
+    )

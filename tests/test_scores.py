@@ -1,0 +1,144 @@
+"""Tests of the parts of the hybrid_logistic score: neighbour positions, the
+local spacing of the main group and the defect probability."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from sk_cae import ContrastiveAEDetector
+from sk_cae._scores import BruteForceKNN, DefectProbability, LatentScorer
+
+
+def test_knn_returns_neighbour_positions():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(300, 5))
+    queries = rng.normal(size=(40, 5))
+    distances, index = BruteForceKNN(reference).query(queries, 4, return_index=True)
+    measured = np.linalg.norm(reference[index] - queries[:, None, :], axis=2)
+    np.testing.assert_allclose(measured, distances, rtol=1e-6)
+    expected = np.argsort(
+        np.linalg.norm(reference[None] - queries[:, None], axis=2), axis=1
+    )[:, :4]
+    np.testing.assert_array_equal(index, expected)
+
+
+def _two_densities(rng):
+    """A dense main cluster and a copy of it ten times as spread out, far away."""
+    dense = rng.normal(0.0, 0.1, size=(400, 2))
+    return np.vstack([dense, dense * 10 + 50.0])
+
+
+def test_local_scale_measures_distance_in_local_spacing():
+    """A row off the dense cluster and its copy off the sparse cluster get
+    the same d_main with the local scale, and tenfold different ones
+    without."""
+    rng = np.random.default_rng(1)
+    main = _two_densities(rng)
+    plain = LatentScorer(5).fit(main, np.empty((0, 2)))
+    local = LatentScorer(5, local_scale=True).fit(main, np.empty((0, 2)))
+    off_dense = np.array([[0.25, 0.1]])
+    off_sparse = off_dense * 10 + 50.0
+
+    plain_ratio = plain.score(off_sparse)[0] / plain.score(off_dense)[0]
+    local_ratio = local.score(off_sparse)[0] / local.score(off_dense)[0]
+    assert plain_ratio == pytest.approx(10.0, rel=1e-4)
+    assert local_ratio == pytest.approx(1.0, rel=1e-4)
+
+
+def test_local_scale_is_off_for_identical_rows():
+    main = np.ones((20, 3))
+    scorer = LatentScorer(5, local_scale=True).fit(main, np.zeros((2, 3)))
+    assert scorer.main_spacing_ is None
+    assert np.isfinite(scorer.score(np.full((3, 3), 2.0))).all()
+
+
+def test_local_scale_tensor_matches_numpy():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    main = _two_densities(rng).astype(np.float32)
+    defects = rng.normal(25.0, 1.0, size=(6, 2)).astype(np.float32)
+    scorer = LatentScorer(5, local_scale=True).fit(main, defects)
+    queries = rng.normal(25.0, 20.0, size=(50, 2)).astype(np.float32)
+    tensor = scorer.score_tensor(torch.as_tensor(queries, dtype=torch.float64))
+    np.testing.assert_allclose(tensor.numpy(), scorer.score(queries), rtol=1e-5)
+
+
+def test_defect_probability_matches_scaled_logistic_regression():
+    """Folding the standardization into the coefficients changes nothing."""
+    rng = np.random.default_rng(3)
+    X_main = rng.normal(size=(300, 4)) * [1.0, 10.0, 0.1, 3.0]
+    X_defects = rng.normal(1.0, 1.0, size=(12, 4)) * [1.0, 10.0, 0.1, 3.0]
+    X = np.vstack([X_main, X_defects]).astype(np.float32)
+    y = np.r_[np.zeros(300), np.ones(12)]
+    reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    expected = reference.fit(X, y).predict_proba(X)[:, 1]
+
+    model = DefectProbability().fit(X[:300], X[300:])
+    np.testing.assert_allclose(model.probability(X), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_main_weight_counts_like_repeated_rows():
+    rng = np.random.default_rng(4)
+    X_main = rng.normal(size=(100, 3))
+    X_defects = rng.normal(1.5, 1.0, size=(8, 3))
+    weighted = DefectProbability().fit(X_main, X_defects, main_weight=3.0)
+    repeated = DefectProbability().fit(np.repeat(X_main, 3, axis=0), X_defects)
+    np.testing.assert_allclose(weighted.coef_, repeated.coef_, rtol=1e-3)
+    assert weighted.intercept_ == pytest.approx(repeated.intercept_, rel=1e-3)
+
+
+def test_out_of_fold_probability_is_lower_for_labeled_defects():
+    """Each defect is scored by a model that did not see it, so it scores
+    lower than by the model fitted on every row."""
+    rng = np.random.default_rng(5)
+    X_main = rng.normal(size=(400, 6))
+    X_defects = rng.normal(0.8, 1.0, size=(10, 6))
+    model = DefectProbability().fit(X_main, X_defects)
+    _, held_out = model.out_of_fold(X_main, X_defects, seed=0)
+    assert held_out.shape == (10,)
+    assert held_out.mean() < model.probability(X_defects).mean()
+
+
+def test_single_defect_uses_fitted_model_for_training_rows():
+    rng = np.random.default_rng(6)
+    X_main, X_defect = rng.normal(size=(50, 2)), np.array([[3.0, 3.0]])
+    model = DefectProbability().fit(X_main, X_defect)
+    main, defect = model.out_of_fold(X_main, X_defect, seed=0)
+    np.testing.assert_allclose(defect, model.probability(X_defect))
+    np.testing.assert_allclose(main, model.probability(X_main))
+
+
+def _with_other_outliers(rng, n_main, n_other, n_defects):
+    """Main rows near the origin, a sparse group of other outliers out on
+    the first axis, and defects just off the main group on the last."""
+    main = rng.normal(size=(n_main, 6))
+    other = rng.normal(size=(n_other, 6)) * 2.0 + [6.0, 0, 0, 0, 0, 0]
+    defects = rng.normal(size=(n_defects, 6)) + [0, 0, 0, 0, 0, 3.0]
+    return main, other, defects
+
+
+def test_default_score_ranks_defects_above_other_outliers():
+    """Unlabeled outliers of another kind in the training rows score below
+    new defects with the default score, clearly more often than with the
+    plain hybrid score."""
+    rng = np.random.default_rng(7)
+    main, other, defects = _with_other_outliers(rng, 600, 30, 10)
+    X = np.vstack([main, other, defects]).astype(np.float32)
+    y = np.r_[np.zeros(630, int), np.ones(10, int)]
+    _, other_test, defects_test = _with_other_outliers(rng, 0, 40, 40)
+    X_test = np.vstack([other_test, defects_test])
+    is_defect = np.r_[np.zeros(40), np.ones(40)]
+
+    auc = {}
+    for score_method in ("auto", "hybrid"):
+        detector = ContrastiveAEDetector(
+            score_method=score_method, max_epochs=20, random_state=0
+        ).fit(X, y)
+        auc[detector.score_method_] = roc_auc_score(
+            is_defect, -detector.score_samples(X_test)
+        )
+    assert auc["hybrid_logistic"] > 0.95
+    assert auc["hybrid_logistic"] > auc["hybrid"] + 0.05
