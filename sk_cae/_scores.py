@@ -71,11 +71,11 @@ class FilePageRelease:
     The kernel keeps the pages of a file mapping that a process has read in
     its resident memory until memory runs short, so scoring a memmap chunk by
     chunk would let the resident size grow to the whole file. Pages of a
-    read-only mapping hold nothing that is not in the file, so telling the
+    read-only mapping contain nothing that is not in the file. Telling the
     kernel that the rows of a scored chunk are no longer needed
-    (``MADV_DONTNEED``) is safe: a later read maps them again from the page
-    cache or the file. Does nothing for other arrays, or where ``madvise``
-    is missing.
+    (``MADV_DONTNEED``) is therefore safe, and a later read maps them again
+    from the page cache or the file. Does nothing for other arrays, or where
+    ``madvise`` is missing.
     """
 
     def __init__(self, X):
@@ -465,16 +465,18 @@ class DefectProbability:
             n_splits=min(PROBABILITY_FOLDS, n_defects), shuffle=True, random_state=seed
         )
         probability = np.empty(len(X))
-        for kept, left_out in folds.split(X, is_defect):
+        for fitted_on, left_out in folds.split(X, is_defect):
             coef, intercept = self._fit_linear(
-                X[kept][~is_defect[kept]], X[kept][is_defect[kept]], main_weight
+                X[fitted_on][~is_defect[fitted_on]],
+                X[fitted_on][is_defect[fitted_on]],
+                main_weight,
             )
             probability[left_out] = expit(X[left_out] @ coef + intercept)
         return probability[:n_main], probability[n_main:]
 
     def probability(self, X):
         """Return the defect probability of every row of ``X``, rounded to
-        float32 first like the rows that the network sees."""
+        float32 first like the rows that the network receives."""
         rows = np.asarray(X, dtype=np.float32).astype(np.float64)
         return expit(rows @ self.coef_ + self.intercept_)
 

@@ -90,7 +90,7 @@ def test_main_weight_counts_like_repeated_rows():
     assert weighted.intercept_ == pytest.approx(repeated.intercept_, rel=1e-3)
 
 
-def test_out_of_fold_probability_is_lower_for_labeled_defects():
+def test_out_of_fold_defects_score_lower():
     """Each defect is scored by a model that did not see it, so it scores
     lower than by the model fitted on every row."""
     rng = np.random.default_rng(5)
