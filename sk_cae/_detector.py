@@ -156,7 +156,11 @@ class ContrastiveAEDetector(OutlierMixin, BaseEstimator):
 
     contamination : "auto" or float, default="auto"
         Sets ``offset_``, the threshold of :meth:`predict`. A float in
-        (0, 0.5] flags that fraction of the training rows. ``"auto"`` puts the
+        (0, 0.5] flags that fraction of the training rows, each scored
+        without itself as a neighbour, and so about that fraction of new rows
+        like them. ``predict`` on the training rows themselves flags fewer
+        with the neighbour scores, because there each row is its own nearest
+        neighbour. ``"auto"`` puts the
         threshold at the 99th percentile of the main group's training
         anomaly scores or, when the median anomaly score of the labeled
         defects is higher, halfway between the two. Training rows are scored

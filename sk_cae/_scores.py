@@ -16,6 +16,12 @@ from ._module import as_tensor
 
 SCORE_METHODS = ("reconstruction", "latent", "combined", "hybrid", "hybrid_logistic")
 
+# Least local spacing, as a fraction of the typical one, in the local scale
+# of LatentScorer. Exact duplicates have a spacing of 0, which would make the
+# scaled distance of a row next to them infinite. With this floor a dense
+# patch multiplies d_main by at most 10.
+MIN_SPACING_FRACTION = 0.1
+
 # Folds of the out-of-fold defect probabilities of the training rows.
 PROBABILITY_FOLDS = 5
 
@@ -216,6 +222,7 @@ class BruteForceKNN:
         self.sq_norms[n_reference:] = float("inf")
         self.exact_reference = self.reference.double()
         self.exact_reference[:n_reference] = reference.double()
+        self.n_dims = n_dims
         self.chunk_rows = max(1, DISTANCE_CHUNK_ENTRIES // n_padded)
 
     def query(self, queries, k, *, return_index=False):
@@ -247,14 +254,19 @@ class BruteForceKNN:
         queries = torch.as_tensor(np.asarray(queries, dtype=np.float32))
         distances = np.empty((queries.shape[0], k), dtype=np.float64)
         index = np.empty((queries.shape[0], k), dtype=np.int64)
+        # The exact re-measure holds (k + EXTRA_CANDIDATES) candidate rows of
+        # every query, which for wide rows outgrows the distance matrix.
+        n_candidates = min(k + EXTRA_CANDIDATES, self.n_reference)
+        chunk_rows = min(
+            self.chunk_rows,
+            max(1, DISTANCE_CHUNK_ENTRIES // (n_candidates * self.n_dims)),
+        )
         # One buffer for every chunk: a fresh allocation of this size each
         # time costs page faults that took longer than the matrix product.
-        buffer = torch.empty(
-            (min(self.chunk_rows, queries.shape[0]), len(self.sq_norms))
-        )
+        buffer = torch.empty((min(chunk_rows, queries.shape[0]), len(self.sq_norms)))
         with torch.inference_mode():
-            for start in range(0, queries.shape[0], self.chunk_rows):
-                rows = queries[start : start + self.chunk_rows]
+            for start in range(0, queries.shape[0], chunk_rows):
+                rows = queries[start : start + chunk_rows]
                 partial = buffer[: len(rows)]
                 stop = start + len(rows)
                 distances[start:stop], index[start:stop] = self._query_chunk(
@@ -309,8 +321,16 @@ class LatentScorer:
     among the other main rows) and ``s_typical`` the median spacing of all
     main rows. A row inside a sparse group of training rows, such as
     unlabeled outliers of another kind, then scores as close to the main
-    group as a row inside its dense part. Rows from the codes of a single
-    point (all spacings zero) are scored without this adjustment.
+    group as a row inside its dense part. Each spacing counts as at least
+    ``MIN_SPACING_FRACTION`` of the typical one, so exact duplicates among
+    the main rows cannot make the score infinite, and when most main rows
+    are duplicates (a typical spacing of zero) the adjustment is skipped.
+
+    Where several main rows lie at exactly the same distance from a row,
+    which of them count among its ``n_neighbors`` nearest is arbitrary, and
+    with the local scale their spacings enter the score. On data with many
+    exact ties, such as small integer features, the score then depends on
+    that choice, and the ONNX graph may choose differently.
 
     Parameters
     ----------
@@ -338,7 +358,7 @@ class LatentScorer:
             spacing, _ = self._main_neighbors(self.latent_main_, exclude_self=True)
             typical = float(np.median(spacing))
             if typical > 0:
-                self.main_spacing_ = spacing
+                self.main_spacing_ = np.maximum(spacing, MIN_SPACING_FRACTION * typical)
                 self.typical_spacing_ = typical
         return self
 
@@ -453,17 +473,16 @@ class DefectProbability:
 
         The probability of a row from the model that saw it flatters the
         labeled defects above all, which would move the threshold. With a
-        single labeled defect there is no fold to leave it out of, and the
-        fitted model scores every row.
+        single labeled defect or a single main row there is no fold to leave
+        it out of, and the fitted model scores every row.
         """
         n_main, n_defects = len(X_main), len(X_defects)
         X = np.vstack([X_main, X_defects])
-        if n_defects < 2:
+        n_splits = min(PROBABILITY_FOLDS, n_defects, n_main)
+        if n_splits < 2:
             return self.probability(X[:n_main]), self.probability(X[n_main:])
         is_defect = np.arange(len(X)) >= n_main
-        folds = StratifiedKFold(
-            n_splits=min(PROBABILITY_FOLDS, n_defects), shuffle=True, random_state=seed
-        )
+        folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         probability = np.empty(len(X))
         for fitted_on, left_out in folds.split(X, is_defect):
             coef, intercept = self._fit_linear(

@@ -27,8 +27,8 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 # make the loss infinite at the first step.
 MAX_ABS_TRAINING_VALUE = math.sqrt(FLOAT32_MAX)
 
-# Rows of a memory-mapped X checked at a time for non-finite values.
-MAPPED_CHECK_ROWS = 65_536
+# Bytes of a memory-mapped X checked at a time for non-finite values.
+MAPPED_CHECK_BYTES = 8 * 2**20
 
 # Maximum length of the repr of a rejected value quoted in an error message.
 MAX_QUOTED_LENGTH = 60
@@ -213,17 +213,23 @@ def check_mapped_rows(X):
     float32 range, and release the pages of each chunk once checked."""
     release = FilePageRelease(X)
     largest = 0.0
-    for start in range(0, X.shape[0], MAPPED_CHECK_ROWS):
-        rows = X[start : start + MAPPED_CHECK_ROWS]
+    chunk_rows = max(1, MAPPED_CHECK_BYTES // max(X[:1].nbytes, 1))
+    for start in range(0, X.shape[0], chunk_rows):
+        rows = X[start : start + chunk_rows]
         not_finite = ~np.isfinite(rows)
         if not_finite.any():
             row, column = np.argwhere(not_finite)[0]
             value = rows[row, column]
+            advice = (
+                "Impute missing values first, for example with "
+                "sklearn.impute.SimpleImputer in a Pipeline."
+                if np.isnan(value)
+                else "Replace or remove the infinite values first."
+            )
             raise ValueError(
                 f"Input X contains {'NaN' if np.isnan(value) else value} at row "
                 f"{start + row}, column {column}; the detector scores finite "
-                "values only. Impute missing values first, for example with "
-                "sklearn.impute.SimpleImputer in a Pipeline."
+                f"values only. {advice}"
             )
         if rows.dtype != np.float32 and rows.size:
             largest = max(largest, float(rows.max()), -float(rows.min()))

@@ -142,3 +142,37 @@ def test_default_score_ranks_defects_above_other_outliers():
         )
     assert auc["hybrid_logistic"] > 0.95
     assert auc["hybrid_logistic"] > auc["hybrid"] + 0.05
+
+
+def test_duplicates_keep_scores_finite():
+    """A row next to a group of identical main rows gets a finite score with
+    the local scale, at most ten times the unscaled distance."""
+    rng = np.random.default_rng(8)
+    main = np.vstack([rng.normal(size=(100, 4)), np.full((20, 4), 3.0)])
+    defects = rng.normal(-4.0, 1.0, size=(10, 4))
+    plain = LatentScorer(5).fit(main, defects)
+    local = LatentScorer(5, local_scale=True).fit(main, defects)
+    rows = np.array([[3.001, 3.0, 3.0, 3.0], [6.0, 6.0, 6.0, 6.0]])
+    scores = local.score(rows)
+    assert np.isfinite(scores).all()
+    d_plain = plain._main_distance(rows, exclude_self=False)
+    d_local = local._main_distance(rows, exclude_self=False)
+    assert (d_local <= 10 * d_plain * (1 + 1e-9)).all()
+
+
+def test_single_main_row_fits_with_several_defects():
+    X = np.array([[0.0, 0.0], [3.0, 3.0], [3.5, 2.5], [2.5, 3.5]], dtype=np.float32)
+    detector = ContrastiveAEDetector(max_epochs=1, random_state=0)
+    with pytest.warns(UserWarning, match="labeled defects are the majority"):
+        detector.fit(X, [0, 1, 1, 1])
+    assert np.isfinite(detector.offset_)
+
+
+def test_wide_rows_are_searched_in_small_chunks():
+    """Wide rows, searched in chunks sized by their width, find their neighbours."""
+    reference = np.random.default_rng(9).normal(size=(50, 3000))
+    knn = BruteForceKNN(reference)
+    queries = reference[:40] + 0.01
+    distances, index = knn.query(queries, 1, return_index=True)
+    np.testing.assert_array_equal(index[:, 0], np.arange(40))
+    assert distances.shape == (40, 1)
