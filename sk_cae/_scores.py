@@ -47,7 +47,7 @@ NEIGHBOR_BLOCK_SIZE = 64
 EXTRA_CANDIDATES = 2
 
 
-def _read_only_mapping(X):
+def read_only_mapping(X):
     """Return the read-only ``mmap`` under ``X`` and its start address, or
     None when ``X`` does not lie in one.
 
@@ -85,7 +85,7 @@ class FilePageRelease:
     """
 
     def __init__(self, X):
-        found = _read_only_mapping(X) if X.flags.c_contiguous else None
+        found = read_only_mapping(X) if X.flags.c_contiguous else None
         self.mapping, self.map_start = found if found else (None, 0)
         self.row_bytes = X.strides[0] if X.ndim == 2 else 0
 

@@ -12,7 +12,7 @@ from sklearn.utils._missing import is_pandas_na, is_scalar_nan
 from sklearn.utils.validation import validate_data
 from skorch.callbacks import Callback
 
-from ._scores import FilePageRelease
+from ._scores import FilePageRelease, read_only_mapping
 
 # Largest dense float32 copy of a sparse X that fit and score_samples make on
 # their own (1 GiB). Sparse input usually means very wide data, whose dense
@@ -78,11 +78,14 @@ def check_X(estimator, X, *, fitting):
     ``MAX_ABS_TRAINING_VALUE`` when ``fitting``, raise instead of turning into
     infinities. A constant ``X`` at fit warns.
 
-    Rows to score from a read-only ``numpy.memmap`` are checked chunk by
-    chunk, and the pages of each checked chunk are released, as the scorers
-    do: a check of the whole file at once would make all of it resident.
+    Rows to score from a read-only ``numpy.memmap``, or from an array that
+    views one, are checked chunk by chunk, and the pages of each checked
+    chunk are released, as the scorers do: a check of the whole file at once
+    would make all of it resident.
     """
-    mapped = not fitting and isinstance(X, np.memmap) and X.mode == "r"
+    mapped = (
+        not fitting and isinstance(X, np.ndarray) and read_only_mapping(X) is not None
+    )
     try:
         checked = validate_data(
             estimator,

@@ -211,6 +211,7 @@ def test_scored_memmap_pages_leave_resident_memory(plain, tmp_path):
 
     before = _file_rss_kib()
     check_X(plain, mapped[1000:], fitting=False)
+    check_X(plain, np.asarray(mapped[1000:]), fitting=False)
     after_check = (_file_rss_kib() - before) / 1024
     scores = plain.score_samples(mapped[1000:])
     after_score = (_file_rss_kib() - before) / 1024
