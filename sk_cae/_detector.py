@@ -386,8 +386,11 @@ default="adam"
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Training rows, numeric and finite, with absolute values up to
-            about 1.8e19 (the square root of the largest float32). pandas
+            Training rows, numeric and finite. Absolute values above about
+            1.8e19 (the square root of the largest float32) are rejected;
+            values far below that can still overflow inside the network
+            (1e18 does at the first step, raising ``NonFiniteLossError``), so
+            scale X to a few units, for example with ``StandardScaler``. pandas
             DataFrames are accepted and their column names recorded. A
             sparse matrix is densified if the dense float32 copy takes at
             most 1 GiB.
