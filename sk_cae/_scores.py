@@ -16,8 +16,8 @@ from ._module import as_tensor
 
 SCORE_METHODS = ("reconstruction", "latent", "combined", "hybrid", "hybrid_logistic")
 
-# Least local spacing, as a fraction of the typical one, in the local scale
-# of LatentScorer. Exact duplicates have a spacing of 0, which would make the
+# Smallest local spacing, as a fraction of the typical one, in the local
+# scale of LatentScorer. Exact duplicates have a spacing of 0, which would make the
 # scaled distance of a row next to them infinite. With this floor a dense
 # patch multiplies d_main by at most 10.
 MIN_SPACING_FRACTION = 0.1
@@ -254,7 +254,7 @@ class BruteForceKNN:
         queries = torch.as_tensor(np.asarray(queries, dtype=np.float32))
         distances = np.empty((queries.shape[0], k), dtype=np.float64)
         index = np.empty((queries.shape[0], k), dtype=np.int64)
-        # The exact re-measure holds (k + EXTRA_CANDIDATES) candidate rows of
+        # The exact re-measure keeps (k + EXTRA_CANDIDATES) candidate rows of
         # every query, which for wide rows outgrows the distance matrix.
         n_candidates = min(k + EXTRA_CANDIDATES, self.n_reference)
         chunk_rows = min(

@@ -79,9 +79,9 @@ def check_X(estimator, X, *, fitting):
     infinities. A constant ``X`` at fit warns.
 
     Rows to score from a read-only ``numpy.memmap``, or from an array that
-    views one, are checked chunk by chunk, and the pages of each checked
-    chunk are released, as the scorers do: a check of the whole file at once
-    would make all of it resident.
+    views one, are checked chunk by chunk. The pages of each checked chunk
+    are released, as the scorers do, because a check of the whole file at
+    once would make all of it resident.
     """
     mapped = (
         not fitting and isinstance(X, np.ndarray) and read_only_mapping(X) is not None
