@@ -11,11 +11,14 @@ Each test row is scored on its own: neighbour searches use training rows only,
 classifiers are fitted on training rows only, and empirical CDFs are built
 from out-of-fold or leave-one-out scores of the training reference rows.
 
-Usage, from the repository root::
+Usage, from the repository root (``--summary`` then prints each candidate's
+mean over scenarios of the per-scenario means, from one or more CSV files)::
 
     OMP_NUM_THREADS=1 python benchmarks/score_rules.py --n-labeled 10 \
         --repetitions 3 --classifiers hgb_X,hgbb_X,lr_X,lrb_X,lr_XZ,lrb_XZ \
         --out benchmarks/results/score_rules_n10.csv
+    python benchmarks/score_rules.py --summary benchmarks/results/score_rules_n10.csv \
+        --candidates hybrid,mean[hybrid_lof_x,lr_X]
 """
 
 import argparse
@@ -83,6 +86,12 @@ def space_parts(ref, defects, test):
     s_ref = r[i_ref_loo].mean(axis=1)
     out["dm_lof"] = out["dm"] * r_global / np.maximum(s_test, tiny)
     out["dm_lof_ref"] = r * r_global / np.maximum(s_ref, tiny)
+    # The same factor capped at 1: rows in sparse parts of the main group get
+    # a smaller d_main, rows in its dense parts keep theirs.
+    out["factor_min"] = np.minimum(1.0, r_global / np.maximum(s_test, tiny))
+    out["factor_min_ref"] = np.minimum(1.0, r_global / np.maximum(s_ref, tiny))
+    out["dm_lofmin"] = out["dm"] * out["factor_min"]
+    out["dm_lofmin_ref"] = r * out["factor_min_ref"]
     # Dimensionless d_main (no global rescaling), for the two-sided rule.
     out["dm_rel"] = out["dm"] / np.maximum(s_test, tiny)
     out["dm_rel_ref"] = r / np.maximum(s_ref, tiny)
@@ -120,6 +129,9 @@ def classifier_factories(rep):
         ),
         "lr": lambda: make_pipeline(
             StandardScaler(), LogisticRegression(max_iter=2000)
+        ),
+        "lr01": lambda: make_pipeline(
+            StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)
         ),
         "lrb": lambda: make_pipeline(
             StandardScaler(),
@@ -170,6 +182,16 @@ def candidate_scores(det, Xs_train, y_train, Xs_test, rep, timings, keys):
             scores["hybrid_lof_z"] = (z + x_plain) / 2
             ref_scores["hybrid_lof_z"] = (zr + xr_plain) / 2
     scores["mean[hybrid,hybrid_lof]"] = (scores["hybrid"] + scores["hybrid_lof"]) / 2
+    # Capped factor of the input space, on the input ratio only or on both.
+    x, z = parts["x"], parts["z"]
+    x_min = ratio(x["dm_lofmin"], x["dd1"])
+    x_min_ref = ratio(x["dm_lofmin_ref"], x["dd1_ref"])
+    scores["hybrid_lofmin_x"] = (z_plain + x_min) / 2
+    ref_scores["hybrid_lofmin_x"] = (zr_plain + x_min_ref) / 2
+    scores["hybrid_shared"] = (ratio(z["dm"] * x["factor_min"], z["dd1"]) + x_min) / 2
+    ref_scores["hybrid_shared"] = (
+        ratio(z["dm_ref"] * x["factor_min_ref"], z["dd1_ref"]) + x_min_ref
+    ) / 2
 
     # Discriminative components: labeled defects vs every unlabeled row.
     feats = {
@@ -179,7 +201,15 @@ def candidate_scores(det, Xs_train, y_train, Xs_test, rep, timings, keys):
     }
     n_def = int(is_def.sum())
     cv = StratifiedKFold(n_splits=min(5, n_def), shuffle=True, random_state=rep)
-    bases = ["hybrid", "hybrid_def3", "hybrid_lof", "hybrid_lof_x", "hybrid_lof2"]
+    bases = [
+        "hybrid",
+        "hybrid_def3",
+        "hybrid_lof",
+        "hybrid_lof_x",
+        "hybrid_lof2",
+        "hybrid_lofmin_x",
+        "hybrid_shared",
+    ]
     t0 = time.perf_counter()
     for cname, make in classifier_factories(rep).items():
         for fname, (ftr, fte) in feats.items():
@@ -210,15 +240,35 @@ def candidate_scores(det, Xs_train, y_train, Xs_test, rep, timings, keys):
     return scores
 
 
+def summarize(paths, candidates):
+    """Print the mean ap and auc_vs_other of each candidate per label count."""
+    frame = pd.concat([pd.read_csv(path) for path in paths])
+    if candidates:
+        frame = frame[frame["candidate"].isin(candidates)]
+    per_scenario = frame.groupby(["n_labeled", "candidate", "scenario"])[
+        ["ap", "auc_vs_other"]
+    ].mean()
+    table = per_scenario.groupby(["n_labeled", "candidate"]).mean().unstack(0)
+    table.columns = [f"{metric}, {n} labels" for metric, n in table.columns]
+    print(table.sort_values(table.columns[0], ascending=False).round(3).to_markdown())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--n-labeled", type=int, default=10)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--scenarios", default=None)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--summary", type=Path, nargs="+")
+    parser.add_argument("--candidates", default="")
     parser.add_argument("--classifiers", default="", help="e.g. hgb_X,lr_XZ")
     args = parser.parse_args(argv)
+    if args.summary:
+        summarize(args.summary, [c for c in args.candidates.split(",") if c])
+        return 0
+    if args.out is None:
+        parser.error("--out is required unless --summary is given.")
     torch.set_num_threads(1)
 
     config = load_config(args.data_dir)

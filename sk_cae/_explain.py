@@ -121,14 +121,16 @@ def anomaly_contributions(
 
     def score(rows):
         reconstruction, latent = module(rows)
-        latent_score = latent_scorer.score_tensor(latent)
-        if score_method == "latent":
-            return latent_score
         if score_method in ("hybrid", "hybrid_logistic"):
-            anomaly = (latent_score + input_scorer.score_tensor(rows)) / 2
+            input_score, factor = input_scorer.score_tensor(rows, return_factor=True)
+            latent_score = latent_scorer.score_tensor(latent, local_factor=factor)
+            anomaly = (latent_score + input_score) / 2
             if defect_probability is None:
                 return anomaly
             return (anomaly + defect_probability.probability_tensor(rows)) / 2
+        latent_score = latent_scorer.score_tensor(latent)
+        if score_method == "latent":
+            return latent_score
         # The centers of the robust scaling are constants and drop out of the
         # gradients.
         error = ((reconstruction - rows) ** 2).mean(dim=1)

@@ -31,6 +31,9 @@ FITTED_SCALES = ("_error_scale", "_latent_scale")
 # Neighbour scorers (LatentScorer instances, or None where the score method
 # does not use one), each rebuilt from the reference rows it was fitted on.
 NEIGHBOR_SCORERS = {"_latent_scorer": "latent_scorer", "_input_scorer": "input_scorer"}
+# How a scorer with a local scale forgives d_main: by min(1, typical / local
+# spacing), with the input scorer's factor also applied to the latent scorer.
+LOCAL_FACTOR_RULE = "capped"
 # The logistic regression of the "hybrid_logistic" score, stored as its
 # coefficients and intercept.
 DEFECT_PROBABILITY = "defect_probability"
@@ -167,6 +170,8 @@ def detector_state(detector):
                 "n_neighbors": int(scorer.n_neighbors),
                 "local_scale": bool(scorer.local_scale),
             }
+            if scorer.local_scale:
+                scorers[key]["local_factor"] = LOCAL_FACTOR_RULE
     probability = detector._defect_probability
     if probability is not None:
         arrays[f"{DEFECT_PROBABILITY}.coef"] = np.asarray(probability.coef_)
@@ -326,6 +331,13 @@ def _rebuild_scorer(scorers, key, arrays, where):
     n_neighbors = expect(entry, "n_neighbors", int, where)
     # Files written before the local scale existed have no such entry.
     local_scale = "local_scale" in entry and expect(entry, "local_scale", bool, where)
+    if local_scale and entry.get("local_factor") != LOCAL_FACTOR_RULE:
+        raise ModelFileError(
+            f"{where}: {key!r} uses a local scale but has no entry "
+            f"'local_factor': {LOCAL_FACTOR_RULE!r}. Development builds before "
+            "0.1.0 wrote such files with an uncapped local scale, which scores "
+            "differently; fit the detector again and save it."
+        )
     names = [f"{key}.main", f"{key}.defects"]
     missing = [name for name in names if name not in arrays]
     if missing:

@@ -171,10 +171,12 @@ def _squared_distances(graph, codes, reference):
     return graph.op("Max", squared, graph.constant(np.array(0.0)))
 
 
-def _neighbor_score(graph, scorer, rows):
+def _neighbor_score(graph, scorer, rows, local_factor=None):
     """Append the score of a fitted ``LatentScorer`` for float32 ``rows``:
-    ``d_main / (d_main + d_defect)``, or ``d_main`` without labeled defects,
-    with ``d_main`` divided by the local spacing where the scorer has one."""
+    ``d_main / (d_main + d_defect)``, or ``d_main`` without labeled defects.
+    ``d_main`` is multiplied by ``local_factor`` where given, or else by the
+    scorer's own local factor where it has one. Return the score and the
+    factor used (None for none)."""
     main, defects = scorer_reference(scorer)
     codes = graph.cast(rows, np.float64)
 
@@ -190,22 +192,26 @@ def _neighbor_score(graph, scorer, rows):
     )
     d_main = graph.reduce("ReduceMean", graph.op("Sqrt", nearest), 1, 0)
     tiny = graph.constant(np.array(np.finfo(np.float64).tiny))
-    if scorer.main_spacing_ is not None:
+    if local_factor is None and scorer.main_spacing_ is not None:
         spacing = graph.constant(np.asarray(scorer.main_spacing_), "spacing")
         local = graph.reduce(
             "ReduceMean", graph.op("Gather", spacing, positions, axis=0), 1, 0
         )
         typical = graph.constant(np.array(float(scorer.typical_spacing_)))
-        d_main = graph.op(
-            "Div", graph.op("Mul", d_main, typical), graph.op("Max", local, tiny)
+        local_factor = graph.op(
+            "Min",
+            graph.op("Div", typical, graph.op("Max", local, tiny)),
+            graph.constant(np.array(1.0)),
         )
+    if local_factor is not None:
+        d_main = graph.op("Mul", d_main, local_factor)
     if len(defects) == 0:
-        return d_main
+        return d_main, local_factor
 
     squared = graph.reduce("ReduceMin", _squared_distances(graph, codes, defects), 1, 0)
     d_defect = graph.op("Sqrt", squared)
     total = graph.op("Max", graph.op("Add", d_main, d_defect), tiny)
-    return graph.op("Div", d_main, total)
+    return graph.op("Div", d_main, total), local_factor
 
 
 def _defect_probability(graph, model, rows):
@@ -252,14 +258,14 @@ def _build_graph(onnx, scaler, detector, opset):
     if method == "reconstruction":
         anomaly = error
     elif method == "latent":
-        anomaly = _neighbor_score(graph, detector._latent_scorer, latent)
+        anomaly, _ = _neighbor_score(graph, detector._latent_scorer, latent)
     elif method in ("hybrid", "hybrid_logistic"):
         half = graph.constant(np.array(0.5))
-        total = graph.op(
-            "Add",
-            _neighbor_score(graph, detector._latent_scorer, latent),
-            _neighbor_score(graph, detector._input_scorer, rows),
+        input_score, factor = _neighbor_score(graph, detector._input_scorer, rows)
+        latent_score, _ = _neighbor_score(
+            graph, detector._latent_scorer, latent, local_factor=factor
         )
+        total = graph.op("Add", latent_score, input_score)
         anomaly = graph.op("Mul", total, half)
         if detector._defect_probability is not None:
             probability = _defect_probability(graph, detector._defect_probability, rows)
@@ -270,7 +276,7 @@ def _build_graph(onnx, scaler, detector, opset):
             _robust_scale(graph, error, detector._error_scale),
             _robust_scale(
                 graph,
-                _neighbor_score(graph, detector._latent_scorer, latent),
+                _neighbor_score(graph, detector._latent_scorer, latent)[0],
                 detector._latent_scale,
             ),
         )

@@ -16,18 +16,19 @@ from ._module import as_tensor
 
 SCORE_METHODS = ("reconstruction", "latent", "combined", "hybrid", "hybrid_logistic")
 
-# Smallest local spacing, as a fraction of the typical one, in the local
-# scale of LatentScorer. Exact duplicates have a spacing of 0, which would make the
-# scaled distance of a row next to them infinite. With this floor a dense
-# patch multiplies d_main by at most 10.
-MIN_SPACING_FRACTION = 0.1
-
 # Folds of the out-of-fold defect probabilities of the training rows.
 PROBABILITY_FOLDS = 5
 
 # Iteration cap of the logistic regression; standardized rows converge long
 # before it.
 LOGISTIC_MAX_ITER = 2000
+
+# Inverse strength of the logistic regression's L2 penalty. With a handful of
+# labeled defects and tens or hundreds of features, scikit-learn's default of
+# 1 fits the labeled defects too closely: on the shared benchmark scenarios
+# 0.1 ranked unseen defects better at 5, 10 and 25 labels, and 0.01 worse
+# (benchmarks/NOTES.md, Run 6).
+LOGISTIC_C = 0.1
 
 # Rows encoded per forward pass when scoring. Smaller chunks keep the
 # intermediate tensors in the CPU caches. With one torch thread on an AMD EPYC
@@ -314,17 +315,18 @@ class LatentScorer:
     such as an outlier of another kind. Without labeled defects the score is
     ``d_main`` alone.
 
-    With ``local_scale=True``, ``d_main`` is measured against the spacing of
-    the main group where the row lies, as the local outlier factor does: it
-    is multiplied by ``s_typical / s_local``, where ``s_local`` is the mean
-    spacing of the row's main-group neighbours (each one's own ``d_main``
-    among the other main rows) and ``s_typical`` the median spacing of all
-    main rows. A row inside a sparse group of training rows, such as
-    unlabeled outliers of another kind, then scores as close to the main
-    group as a row inside its dense part. Each spacing counts as at least
-    ``MIN_SPACING_FRACTION`` of the typical one, so exact duplicates among
-    the main rows cannot make the score infinite, and when most main rows
-    are duplicates (a typical spacing of zero) the adjustment is skipped.
+    With ``local_scale=True``, ``d_main`` is forgiven in sparse parts of the
+    main group, as the local outlier factor does: it is multiplied by
+    ``min(1, s_typical / s_local)``, where ``s_local`` is the mean spacing of
+    the row's main-group neighbours (each one's own ``d_main`` among the
+    other main rows) and ``s_typical`` the median spacing of all main rows.
+    A row inside a sparse group of training rows, such as unlabeled outliers
+    of another kind, then scores as close to the main group as a row inside
+    its dense part, while rows in dense parts keep their plain distance. The
+    factor of a row can also be handed to another scorer (``local_factor``
+    in :meth:`score`), so that the latent score is forgiven by the spacing of
+    the input rows, which the training does not compact. When most main rows
+    are duplicates (a typical spacing of zero) the factor is 1.
 
     Where several main rows lie at exactly the same distance from a row,
     which of them count among its ``n_neighbors`` nearest is arbitrary, and
@@ -337,7 +339,7 @@ class LatentScorer:
     n_neighbors : int
         Number of main-group neighbours averaged in ``d_main``.
     local_scale : bool, default=False
-        Whether ``d_main`` is divided by the local spacing, as above.
+        Whether ``d_main`` is multiplied by the local factor, as above.
     """
 
     def __init__(self, n_neighbors, *, local_scale=False):
@@ -358,7 +360,7 @@ class LatentScorer:
             spacing, _ = self._main_neighbors(self.latent_main_, exclude_self=True)
             typical = float(np.median(spacing))
             if typical > 0:
-                self.main_spacing_ = np.maximum(spacing, MIN_SPACING_FRACTION * typical)
+                self.main_spacing_ = spacing
                 self.typical_spacing_ = typical
         return self
 
@@ -369,54 +371,78 @@ class LatentScorer:
         distances, index = self._main_knn.query(latent, k + skip, return_index=True)
         return distances[:, skip:].mean(axis=1), index[:, skip:]
 
-    def _main_distance(self, latent, exclude_self):
-        d_main, index = self._main_neighbors(latent, exclude_self)
+    def local_factor(self, index):
+        """Return ``min(1, s_typical / s_local)`` for rows whose nearest main
+        rows are at the positions ``index``; ones without a local scale."""
         if self.main_spacing_ is None:
-            return d_main
+            return np.ones(len(index))
         local = self.main_spacing_[index].mean(axis=1)
         tiny = np.finfo(np.float64).tiny
-        return d_main * self.typical_spacing_ / np.maximum(local, tiny)
+        return np.minimum(1.0, self.typical_spacing_ / np.maximum(local, tiny))
+
+    def _main_distance(self, latent, exclude_self):
+        d_main, index = self._main_neighbors(latent, exclude_self)
+        return d_main * self.local_factor(index)
 
     def _defect_distance(self, latent, exclude_self):
         skip = int(exclude_self and self.n_defects_ > 1)
         distances = self._defect_knn.query(latent, 1 + skip)
         return distances[:, skip]
 
-    def score(self, latent, *, in_main=False, in_defects=False):
+    def score(
+        self,
+        latent,
+        *,
+        in_main=False,
+        in_defects=False,
+        local_factor=None,
+        return_factor=False,
+    ):
         """Return the latent anomaly score of every row of ``latent``.
 
         ``in_main`` (``in_defects``) marks the rows as the main-group
         (defect) reference rows themselves, so each row's own entry is left
-        out of its neighbours.
+        out of its neighbours. ``local_factor`` replaces this scorer's own
+        factors of ``d_main`` (see the class description), and with
+        ``return_factor=True`` the factors used are returned as well.
         """
-        d_main = self._main_distance(latent, exclude_self=in_main)
+        d_main, index = self._main_neighbors(latent, exclude_self=in_main)
+        if local_factor is None:
+            local_factor = self.local_factor(index)
+        d_main = d_main * local_factor
         if self._defect_knn is None:
-            return d_main
-        d_defect = self._defect_distance(latent, exclude_self=in_defects)
-        return d_main / np.maximum(d_main + d_defect, np.finfo(np.float64).tiny)
+            anomaly = d_main
+        else:
+            d_defect = self._defect_distance(latent, exclude_self=in_defects)
+            anomaly = d_main / np.maximum(d_main + d_defect, np.finfo(np.float64).tiny)
+        return (anomaly, local_factor) if return_factor else anomaly
 
-    def score_tensor(self, latent):
+    def score_tensor(self, latent, *, local_factor=None, return_factor=False):
         """Return the latent anomaly score of new rows as a differentiable tensor.
 
         Same score as :meth:`score` for rows that are not reference rows, but
         computed in torch from the stored codes, so that gradients flow back to
-        ``latent``. Its memory use is a ``(len(latent), n_reference_rows)``
-        distance matrix.
+        ``latent``. The local factors change in steps and carry no gradient.
+        Its memory use is a ``(len(latent), n_reference_rows)`` distance
+        matrix.
         """
         options = {"device": latent.device, "dtype": latent.dtype}
         main = torch.as_tensor(self.latent_main_, **options)
         k = min(self.n_neighbors, self.n_main_)
         distances, index = self._nearest_distances(latent, main, k)
-        d_main = distances.mean(dim=1)
-        if self.main_spacing_ is not None:
-            spacing = torch.as_tensor(self.main_spacing_, **options)
-            local = spacing[index].mean(dim=1).clamp_min(torch.finfo(latent.dtype).tiny)
-            d_main = d_main * self.typical_spacing_ / local
+        if local_factor is None:
+            local_factor = torch.as_tensor(
+                self.local_factor(index.cpu().numpy()), **options
+            )
+        d_main = distances.mean(dim=1) * local_factor
         if self.n_defects_ == 0:
-            return d_main
-        defects = torch.as_tensor(self.latent_defects_, **options)
-        d_defect = self._nearest_distances(latent, defects, 1)[0][:, 0]
-        return d_main / (d_main + d_defect).clamp_min(torch.finfo(latent.dtype).tiny)
+            anomaly = d_main
+        else:
+            defects = torch.as_tensor(self.latent_defects_, **options)
+            d_defect = self._nearest_distances(latent, defects, 1)[0][:, 0]
+            tiny = torch.finfo(latent.dtype).tiny
+            anomaly = d_main / (d_main + d_defect).clamp_min(tiny)
+        return (anomaly, local_factor) if return_factor else anomaly
 
     @staticmethod
     def _nearest_distances(latent, reference, k):
@@ -438,10 +464,11 @@ class LatentScorer:
 class DefectProbability:
     """Probability that a row is a labeled defect, by logistic regression.
 
-    A scikit-learn ``LogisticRegression`` with its default L2 penalty is
-    fitted on the standardized rows, labeled defects against main-group
-    rows. The standardization is then folded into the coefficients, so a
-    probability is ``expit(X @ coef_ + intercept_)`` on the rows as given.
+    A scikit-learn ``LogisticRegression`` with an L2 penalty of inverse
+    strength ``LOGISTIC_C`` is fitted on the standardized rows, labeled
+    defects against main-group rows. The standardization is then folded
+    into the coefficients, so a probability is ``expit(X @ coef_ +
+    intercept_)`` on the rows as given.
 
     Where the main-group rows are a sample, ``main_weight`` makes each count
     for the rows it stands for, so the balance between the two groups is
@@ -462,7 +489,7 @@ class DefectProbability:
         mean = np.average(X, axis=0, weights=weight)
         std = np.sqrt(np.average((X - mean) ** 2, axis=0, weights=weight))
         std[std == 0] = 1.0
-        model = LogisticRegression(max_iter=LOGISTIC_MAX_ITER)
+        model = LogisticRegression(C=LOGISTIC_C, max_iter=LOGISTIC_MAX_ITER)
         model.fit((X - mean) / std, y, sample_weight=weight)
         coef = model.coef_[0] / std
         return coef, float(model.intercept_[0] - coef @ mean)

@@ -95,7 +95,7 @@ def test_latent_contributions_sum_to_score_difference(fitted, data):
 @pytest.mark.parametrize("score_method", ["combined", "hybrid", "hybrid_logistic"])
 def test_contributions_sum_to_score_difference(fitted, data, score_method):
     """The sums match the score gaps up to the midpoint rule's error. The
-    local spacing of "hybrid_logistic" jumps where a row's neighbours change
+    local factor of "hybrid_logistic" jumps where a row's neighbours change
     along the path, which the gradients miss, so its sums are looser."""
     X, y, X_test = data
     detector = fitted[score_method]
@@ -105,7 +105,8 @@ def test_contributions_sum_to_score_difference(fitted, data, score_method):
     spread = np.ptp(-detector.score_samples(X_test))
     error = np.abs(contributions.sum(axis=1) - gap)
     if score_method == "hybrid_logistic":
-        assert error.max() < 0.1 * np.abs(gap).max()
+        assert error.max() < 0.2 * np.abs(gap).max()
+        assert np.median(error) < 0.1 * np.abs(gap).max()
     else:
         assert error.max() < 0.02 * spread
 

@@ -551,3 +551,17 @@ def test_default_model_keeps_defect_probability(data, detector, model_file):
     np.testing.assert_allclose(
         loaded.decision_function(X), detector.decision_function(X), rtol=1e-12
     )
+
+
+def test_uncapped_local_scale_file_is_refused(detector, model_file):
+    """A file with a local scale but no local_factor entry comes from a build
+    whose score differed, and loading it says so instead of scoring anew."""
+
+    def uncapped(manifest):
+        del manifest["detector"]["neighbor_scorers"]["input_scorer"]["local_factor"]
+
+    _edit_manifest(model_file, uncapped)
+    with pytest.raises(
+        ModelFileError, match="'local_factor': 'capped'.*fit the detector"
+    ):
+        load(model_file)

@@ -9,7 +9,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sk_cae import ContrastiveAEDetector
-from sk_cae._scores import BruteForceKNN, DefectProbability, LatentScorer
+from sk_cae._scores import LOGISTIC_C, BruteForceKNN, DefectProbability, LatentScorer
 
 
 def test_knn_returns_neighbour_positions():
@@ -26,26 +26,45 @@ def test_knn_returns_neighbour_positions():
 
 
 def _two_densities(rng):
-    """A dense main cluster and a copy of it ten times as spread out, far away."""
+    """Two copies of a dense cluster, and a third copy ten times as spread
+    out, all far apart: the typical spacing is that of the dense rows."""
     dense = rng.normal(0.0, 0.1, size=(400, 2))
-    return np.vstack([dense, dense * 10 + 50.0])
+    return np.vstack([dense, dense + 20.0, dense * 10 + 50.0])
 
 
-def test_local_scale_measures_distance_in_local_spacing():
-    """A row off the dense cluster and its copy off the sparse cluster get
-    the same d_main with the local scale, and tenfold different ones
-    without."""
+def test_local_scale_forgives_only_sparse_parts():
+    """A row off the sparse cluster gets a d_main several times smaller with
+    the local scale; a row off a dense cluster keeps its plain d_main, and no
+    row gets a larger one."""
     rng = np.random.default_rng(1)
     main = _two_densities(rng)
     plain = LatentScorer(5).fit(main, np.empty((0, 2)))
     local = LatentScorer(5, local_scale=True).fit(main, np.empty((0, 2)))
-    off_dense = np.array([[0.25, 0.1]])
+    # Near the middle of a dense cluster, where its spacing is below typical.
+    off_dense = np.array([[0.03, 0.01]])
     off_sparse = off_dense * 10 + 50.0
 
-    plain_ratio = plain.score(off_sparse)[0] / plain.score(off_dense)[0]
-    local_ratio = local.score(off_sparse)[0] / local.score(off_dense)[0]
-    assert plain_ratio == pytest.approx(10.0, rel=1e-4)
-    assert local_ratio == pytest.approx(1.0, rel=1e-4)
+    assert local.score(off_dense)[0] == plain.score(off_dense)[0]
+    assert plain.score(off_sparse)[0] == pytest.approx(
+        10 * plain.score(off_dense)[0], rel=1e-4
+    )
+    assert local.score(off_sparse)[0] < plain.score(off_sparse)[0] / 3
+    rows = rng.uniform(-5.0, 60.0, size=(500, 2))
+    assert (local.score(rows) <= plain.score(rows)).all()
+
+
+def test_local_factor_can_come_from_another_scorer():
+    """A factor handed to score() multiplies d_main in place of the scorer's
+    own, and return_factor gives back the factor used."""
+    rng = np.random.default_rng(4)
+    main = _two_densities(rng)
+    defects = rng.normal(30.0, 1.0, size=(5, 2))
+    plain = LatentScorer(5).fit(main, defects)
+    local = LatentScorer(5, local_scale=True).fit(main, defects)
+    rows = rng.uniform(-5.0, 60.0, size=(50, 2))
+    local_score, factor = local.score(rows, return_factor=True)
+    np.testing.assert_array_equal(plain.score(rows, local_factor=factor), local_score)
+    assert (factor <= 1.0).all() and (factor < 1.0).any()
 
 
 def test_local_scale_is_off_for_identical_rows():
@@ -73,7 +92,9 @@ def test_defect_probability_matches_scaled_logistic_regression():
     X_defects = rng.normal(1.0, 1.0, size=(12, 4)) * [1.0, 10.0, 0.1, 3.0]
     X = np.vstack([X_main, X_defects]).astype(np.float32)
     y = np.r_[np.zeros(300), np.ones(12)]
-    reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    reference = make_pipeline(
+        StandardScaler(), LogisticRegression(C=LOGISTIC_C, max_iter=2000)
+    )
     expected = reference.fit(X, y).predict_proba(X)[:, 1]
 
     model = DefectProbability().fit(X[:300], X[300:])
@@ -146,7 +167,7 @@ def test_default_score_ranks_defects_above_other_outliers():
 
 def test_duplicates_keep_scores_finite():
     """A row next to a group of identical main rows gets a finite score with
-    the local scale, at most ten times the unscaled distance."""
+    the local scale, no larger than without it."""
     rng = np.random.default_rng(8)
     main = np.vstack([rng.normal(size=(100, 4)), np.full((20, 4), 3.0)])
     defects = rng.normal(-4.0, 1.0, size=(10, 4))
@@ -157,7 +178,8 @@ def test_duplicates_keep_scores_finite():
     assert np.isfinite(scores).all()
     d_plain = plain._main_distance(rows, exclude_self=False)
     d_local = local._main_distance(rows, exclude_self=False)
-    assert (d_local <= 10 * d_plain * (1 + 1e-9)).all()
+    assert (d_local <= d_plain).all()
+    assert d_local[0] == d_plain[0]
 
 
 def test_single_main_row_fits_with_several_defects():
