@@ -18,7 +18,7 @@ mean over scenarios of the per-scenario means, from one or more CSV files)::
         --repetitions 3 --classifiers hgb_X,hgbb_X,lr_X,lrb_X,lr_XZ,lrb_XZ \
         --out benchmarks/results/score_rules_n10.csv
     python benchmarks/score_rules.py --summary benchmarks/results/score_rules_n10.csv \
-        --candidates hybrid,mean[hybrid_lof_x,lr_X]
+        --candidates "hybrid;mean[hybrid_lof_x,lr_X]"
 """
 
 import argparse
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import NearestNeighbors
@@ -126,6 +126,9 @@ def classifier_factories(rep):
         "hgb": lambda: HistGradientBoostingClassifier(random_state=rep),
         "hgbb": lambda: HistGradientBoostingClassifier(
             random_state=rep, class_weight="balanced"
+        ),
+        "rfb": lambda: RandomForestClassifier(
+            class_weight="balanced_subsample", random_state=rep, n_jobs=1
         ),
         "lr": lambda: make_pipeline(
             StandardScaler(), LogisticRegression(max_iter=2000)
@@ -236,6 +239,13 @@ def candidate_scores(det, Xs_train, y_train, Xs_test, rep, timings, keys):
             scores[f"mean3[hybrid,hybrid_lof,{key}]"] = (
                 h + scores["hybrid_lof"] + p
             ) / 3
+    # Two classifiers averaged into one probability, the library's default
+    # with "lr01_X" and "rfb_X".
+    for first, second in [("lr01_X", "rfb_X"), ("lr01_X", "hgbb_X")]:
+        if first in scores and second in scores:
+            pair = (scores[first] + scores[second]) / 2
+            for base in bases:
+                scores[f"mean[{base},{first}+{second}]"] = (scores[base] + pair) / 2
     timings["classifiers"] = time.perf_counter() - t0
     return scores
 
@@ -261,11 +271,11 @@ def main(argv=None):
     parser.add_argument("--scenarios", default=None)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--summary", type=Path, nargs="+")
-    parser.add_argument("--candidates", default="")
+    parser.add_argument("--candidates", default="", help="separated by ;")
     parser.add_argument("--classifiers", default="", help="e.g. hgb_X,lr_XZ")
     args = parser.parse_args(argv)
     if args.summary:
-        summarize(args.summary, [c for c in args.candidates.split(",") if c])
+        summarize(args.summary, [c for c in args.candidates.split(";") if c])
         return 0
     if args.out is None:
         parser.error("--out is required unless --summary is given.")

@@ -20,6 +20,7 @@ from ._module import ACTIVATIONS, AutoEncoder
 from ._net import ContrastiveAENet
 from ._scores import (
     SCORE_METHODS,
+    DefectForest,
     DefectProbability,
     LatentScorer,
     RobustScale,
@@ -148,8 +149,10 @@ class ContrastiveAEDetector(OutlierMixin, BaseEstimator):
         of the local outlier factor). Unlabeled outliers of another kind form
         sparse groups of their own among the training rows, and new rows
         inside such a group then do not look like defects. The other part is
-        the defect probability of a logistic regression of the labeled
-        defects against the main group on the input rows. ``"auto"`` is
+        a defect probability from the input rows: the mean of a logistic
+        regression's and a random forest's, both fitted on the labeled
+        defects against the main group. The forest finds defects that differ
+        from normal rows in a few features at once. ``"auto"`` is
         ``"hybrid_logistic"`` when defects are labeled and
         ``"reconstruction"`` otherwise; the benchmark notes give the
         measurements behind it.
@@ -439,7 +442,7 @@ default="adam"
         is_defect_row = np.arange(len(rows)) >= len(reference)
         main_weight = (X.shape[0] - is_defect.sum()) / max(len(reference), 1)
         self._reference_index = reference
-        self._fit_scores(X_rows, error, latent, is_defect_row, main_weight)
+        self._fit_scores(X_rows, error, latent, is_defect_row, main_weight, seed)
         # The default starting row of the integrated gradients in
         # feature_contributions: a typical main-group row.
         self._feature_baseline = np.median(X_rows[~is_defect_row], axis=0)
@@ -601,11 +604,11 @@ default="adam"
         rng = np.random.default_rng(seed)
         return np.sort(rng.choice(main_index, MAX_REFERENCE_ROWS, replace=False))
 
-    def _fit_scores(self, X, error, latent, is_defect, main_weight):
+    def _fit_scores(self, X, error, latent, is_defect, main_weight, seed):
         """Fit the neighbour scorers, the defect probability and the scales of
         the combined score on the reference rows and the labeled defects
         (``is_defect``). ``main_weight`` is the number of training rows that
-        each reference row stands for."""
+        each reference row stands for, and ``seed`` seeds the forest."""
         self.score_method_ = self.score_method
         if self.score_method == "auto":
             self.score_method_ = (
@@ -620,6 +623,7 @@ default="adam"
         # they keep the reference rows' input values as well.
         self._input_scorer = None
         self._defect_probability = None
+        self._defect_forest = None
         if self.score_method_ in ("hybrid", "hybrid_logistic"):
             self._input_scorer = LatentScorer(
                 self.n_neighbors, local_scale=self.score_method_ == "hybrid_logistic"
@@ -628,6 +632,7 @@ default="adam"
             self._defect_probability = DefectProbability().fit(
                 X[is_main], X[is_defect], main_weight=main_weight
             )
+            self._defect_forest = DefectForest(seed).fit(X[is_main], X[is_defect])
         latent_main = self._latent_scorer.score(latent[is_main], in_main=True)
         self._error_scale = RobustScale().fit(error[is_main])
         self._latent_scale = RobustScale().fit(latent_main)
@@ -670,8 +675,17 @@ default="adam"
         if self._defect_probability is None:
             return anomaly
         if probability is None:
-            probability = self._defect_probability.probability(X)
+            probability = self._defect_probabilities(X)
         return (anomaly + probability) / 2
+
+    def _defect_probabilities(self, X):
+        """Return the defect probability of the rows ``X`` in the
+        ``"hybrid_logistic"`` score: the mean of the logistic regression's
+        and the random forest's."""
+        probability = self._defect_probability.probability(X)
+        if self._defect_forest is None:
+            return probability
+        return (probability + self._defect_forest.probability(X)) / 2
 
     def _training_anomaly(self, X, error, latent, is_defect, main_weight, seed):
         """Score the reference rows and the labeled defects, each without
@@ -679,12 +693,18 @@ default="adam"
         that did not see it."""
         probability = None
         if self._defect_probability is not None:
-            main_probability, defect_probability = self._defect_probability.out_of_fold(
-                X[~is_defect], X[is_defect], main_weight=main_weight, seed=seed
-            )
+            parts = [
+                self._defect_probability.out_of_fold(
+                    X[~is_defect], X[is_defect], main_weight=main_weight, seed=seed
+                )
+            ]
+            if self._defect_forest is not None:
+                parts.append(
+                    self._defect_forest.out_of_bag(X[~is_defect], X[is_defect])
+                )
             probability = np.empty(len(error))
-            probability[~is_defect] = main_probability
-            probability[is_defect] = defect_probability
+            probability[~is_defect] = np.mean([main for main, _ in parts], axis=0)
+            probability[is_defect] = np.mean([defect for _, defect in parts], axis=0)
 
         anomaly = np.empty(len(error), dtype=np.float64)
         for rows, in_main in ((~is_defect, True), (is_defect, False)):
@@ -872,7 +892,11 @@ default="adam"
         from ``baseline`` to the row, and sum to the row's anomaly score minus
         the baseline's. A positive contribution means
         that the feature moves the row towards the labeled defects (or,
-        without labeled defects, away from the main group). With
+        without labeled defects, away from the main group). The random
+        forest of ``"hybrid_logistic"`` has no gradient: its part is split by
+        moving the features from the baseline to the row one at a time, in
+        16 random orders, and crediting each move with the change it causes
+        (sampled Shapley values). With
         ``"hybrid_logistic"`` the sum is approximate: the local factor of
         ``d_main`` steps from one value to the next where a row's nearest
         main input rows change along the path, and the gradients do not see
@@ -921,5 +945,6 @@ n_features), default=None
                 n_steps=int(n_steps),
                 input_scorer=self._input_scorer,
                 defect_probability=self._defect_probability,
+                defect_forest=self._defect_forest,
                 device=self.net_.device,
             )

@@ -9,7 +9,9 @@ to the row, and multiplied by the row's difference from the baseline. The
 contributions of a row then sum to its score minus the baseline's score, up
 to the error of the ``n_steps``-point midpoint rule. Each feature's
 contribution is how much moving that feature from its baseline value to the
-row's value raised the score.
+row's value raised the score. The random forest in the ``"hybrid_logistic"``
+score has no gradient; its part is split by sampling Shapley values over
+random feature orders, which also sum exactly to its change.
 """
 
 import numpy as np
@@ -24,6 +26,9 @@ CHUNK_SIZE = 65536
 # Upper bound on the number of entries of the distance matrices between path
 # points and reference codes held in memory at once.
 MAX_DISTANCES = 2**23
+
+# Feature orders averaged in the contributions of the random forest.
+FOREST_PERMUTATIONS = 16
 
 
 def reconstruction_contributions(module, X, *, device="cpu"):
@@ -86,6 +91,40 @@ def integrated_gradients(score, X, baseline, *, n_steps, n_reference, device="cp
     return contributions
 
 
+def forest_contributions(forest, X, baseline, *, n_permutations=FOREST_PERMUTATIONS):
+    """Return each feature's share of the change in a ``DefectForest``'s
+    probability from ``baseline`` to ``X``.
+
+    A forest has no gradient, so its change is split by sampling Shapley
+    values (Castro, Gomez and Tejada, Computers & Operations Research, 2009).
+    For each of ``n_permutations`` random feature orders, the features of
+    each row move from the baseline to the row one at a time in that order,
+    and each move is credited with the change in probability it causes. The
+    shares of one order sum exactly to the total change, and so does their
+    mean over the orders. Features that no tree splits on get no share.
+
+    Returns
+    -------
+    contributions : ndarray of shape (n_samples, n_features), float64
+    """
+    n_samples, n_features = X.shape
+    trees = forest.trees_
+    is_split = trees["left"] != np.arange(len(trees["left"]))
+    used = np.unique(trees["feature"][is_split])
+    contributions = np.zeros((n_samples, n_features))
+    # A fixed seed keeps the contributions of a fitted detector reproducible.
+    rng = np.random.default_rng(0)
+    for _ in range(n_permutations):
+        rows = np.array(baseline, dtype=np.float32)
+        before = forest.probability(rows)
+        for feature in rng.permutation(used):
+            rows[:, feature] = X[:, feature]
+            after = forest.probability(rows)
+            contributions[:, feature] += after - before
+            before = after
+    return contributions / n_permutations
+
+
 def anomaly_contributions(
     module,
     X,
@@ -98,6 +137,7 @@ def anomaly_contributions(
     n_steps,
     input_scorer=None,
     defect_probability=None,
+    defect_forest=None,
     device="cpu",
 ):
     """Return each feature's contribution to the anomaly score of each row.
@@ -109,8 +149,9 @@ def anomaly_contributions(
     is poor in every feature, not only in the features that make them
     defects. ``input_scorer`` is the neighbour scorer on the input rows that
     the hybrid scores average with the latent one, and
-    ``defect_probability`` the logistic regression that ``"hybrid_logistic"``
-    averages with both.
+    ``defect_probability`` and ``defect_forest`` the logistic regression
+    and the random forest whose mean ``"hybrid_logistic"`` averages with
+    both.
     """
     if score_method not in SCORE_METHODS:
         raise ValueError(
@@ -127,7 +168,11 @@ def anomaly_contributions(
             anomaly = (latent_score + input_score) / 2
             if defect_probability is None:
                 return anomaly
-            return (anomaly + defect_probability.probability_tensor(rows)) / 2
+            probability = defect_probability.probability_tensor(rows)
+            if defect_forest is not None:
+                # The forest's half of the probability is added afterwards.
+                probability = probability / 2
+            return (anomaly + probability) / 2
         latent_score = latent_scorer.score_tensor(latent)
         if score_method == "latent":
             return latent_score
@@ -141,9 +186,13 @@ def anomaly_contributions(
     try:
         if score_method == "reconstruction":
             return reconstruction_contributions(module, X, device=device)
-        return integrated_gradients(
+        contributions = integrated_gradients(
             score, X, baseline, n_steps=n_steps, n_reference=n_reference, device=device
         )
+        if defect_forest is not None and defect_probability is not None:
+            # The score holds the forest's probability with a weight of 1/4.
+            contributions += forest_contributions(defect_forest, X, baseline) / 4
+        return contributions
     finally:
         module.train(was_training)
 

@@ -14,7 +14,14 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.history import History
 
 from ._detector import ContrastiveAEDetector
-from ._scores import SCORE_METHODS, DefectProbability, LatentScorer, RobustScale
+from ._scores import (
+    FOREST_ARRAYS,
+    SCORE_METHODS,
+    DefectForest,
+    DefectProbability,
+    LatentScorer,
+    RobustScale,
+)
 
 # Name of the safetensors member of a model file, named in error messages.
 ARRAYS = "detector.safetensors"
@@ -37,6 +44,9 @@ LOCAL_FACTOR_RULE = "capped"
 # The logistic regression of the "hybrid_logistic" score, stored as its
 # coefficients and intercept.
 DEFECT_PROBABILITY = "defect_probability"
+# The random forest that "hybrid_logistic" averages with the logistic
+# regression, stored as the arrays of its trees (see _scores.FOREST_ARRAYS).
+DEFECT_FOREST = "defect_forest"
 FITTED_ARRAYS = {
     "_reference_index": "reference_index",
     "_feature_baseline": "feature_baseline",
@@ -176,6 +186,10 @@ def detector_state(detector):
     if probability is not None:
         arrays[f"{DEFECT_PROBABILITY}.coef"] = np.asarray(probability.coef_)
         arrays[f"{DEFECT_PROBABILITY}.intercept"] = np.array([probability.intercept_])
+    forest = detector._defect_forest
+    if forest is not None:
+        for name in FOREST_ARRAYS:
+            arrays[f"{DEFECT_FOREST}.{name}"] = forest.trees_[name]
     for attribute, key in FITTED_ARRAYS.items():
         arrays[key] = np.asarray(getattr(detector, attribute))
     arrays = {key: np.ascontiguousarray(value) for key, value in arrays.items()}
@@ -187,6 +201,7 @@ def detector_state(detector):
         "scales": scales,
         "neighbor_scorers": scorers,
         DEFECT_PROBABILITY: probability is not None,
+        DEFECT_FOREST: forest is not None,
         "module": _module_params(net),
         "history": _history_to_json(net.history),
     }
@@ -313,6 +328,15 @@ def build_detector(description, arrays, device):
         detector.n_features_in_,
         where,
     )
+    # Files written before the forest joined the defect probability have no
+    # such entry.
+    stored = DEFECT_FOREST in description
+    detector._defect_forest = _rebuild_forest(
+        stored and expect(description, DEFECT_FOREST, bool, where),
+        arrays,
+        detector.n_features_in_,
+        where,
+    )
     missing = sorted(set(FITTED_ARRAYS.values()) - set(arrays))
     if missing:
         raise ModelFileError(f"{ARRAYS} lacks the arrays {missing}.")
@@ -370,6 +394,31 @@ def _rebuild_probability(stored, arrays, n_features, where):
     probability = DefectProbability()
     probability.coef_, probability.intercept_ = coef, float(intercept[0])
     return probability
+
+
+def _rebuild_forest(stored, arrays, n_features, where):
+    """Return the stored DefectForest, or None when ``stored`` is False."""
+    if not stored:
+        return None
+    names = [f"{DEFECT_FOREST}.{name}" for name in FOREST_ARRAYS]
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise ModelFileError(f"{ARRAYS} lacks the arrays {missing}.")
+    trees = {}
+    for name in FOREST_ARRAYS:
+        value = np.array(arrays[f"{DEFECT_FOREST}.{name}"])
+        kind = "f" if name in ("threshold", "value") else "i"
+        if value.dtype.kind != kind or value.ndim != 1:
+            raise ModelFileError(
+                f"{where}: the forest array {name!r} has the type {value.dtype} "
+                f"and {value.ndim} dimensions; expected a 1-dimensional "
+                f"{'float' if kind == 'f' else 'integer'} array."
+            )
+        trees[name] = value.astype(np.float64 if kind == "f" else np.int64)
+    try:
+        return DefectForest.from_arrays(trees, n_features)
+    except ValueError as error:
+        raise ModelFileError(f"{where}: {error}") from error
 
 
 def _rebuild_net(detector, description, arrays):

@@ -25,6 +25,9 @@ from ._model_state import scorer_reference
 # these operator set versions on.
 AXES_AS_INPUT = {"ReduceSum": 13, "ReduceMean": 18, "ReduceMin": 18}
 MIN_OPSET = 13
+# The domain of the tree ensemble operator, and its operator set version.
+ONNX_ML = "ai.onnx.ml"
+ONNX_ML_OPSET = 3
 # The first operator set with a Gelu operator. Earlier ones get GELU spelled
 # out as 0.5 x (1 + erf(x / sqrt(2))).
 GELU_OPSET = 20
@@ -73,6 +76,7 @@ class _GraphBuilder:
         self.opset = opset
         self.nodes = []
         self.initializers = []
+        self.domains = set()
         self._count = 0
 
     def _name(self, hint):
@@ -224,6 +228,53 @@ def _defect_probability(graph, model, rows):
     return graph.op("Sigmoid", logit)
 
 
+def _forest_probability(graph, forest, rows):
+    """Append the mean leaf value of a ``DefectForest`` over its trees, in
+    float64, for float32 ``rows``: one ``TreeEnsembleRegressor`` of the
+    ``ai.onnx.ml`` domain.
+
+    The operator compares float32 values with float32 thresholds. A float32
+    row is at most a float64 threshold exactly when it is at most the
+    largest float32 not above that threshold, so the thresholds are rounded
+    down, and every row takes the same branch as in scikit-learn.
+    """
+    trees = forest.trees_
+    roots = trees["roots"]
+    ends = np.r_[roots[1:], len(trees["feature"])]
+    tree_of = np.repeat(np.arange(len(roots)), ends - roots)
+    local = np.arange(len(tree_of)) - roots[tree_of]
+    is_leaf = trees["left"] == np.arange(len(tree_of))
+    threshold = trees["threshold"].astype(np.float32)
+    above = threshold.astype(np.float64) > trees["threshold"]
+    threshold[above] = np.nextafter(threshold[above], np.float32(-np.inf))
+    threshold[is_leaf] = 0.0
+    graph.domains.add(ONNX_ML)
+    output = graph.op(
+        "TreeEnsembleRegressor",
+        rows,
+        domain=ONNX_ML,
+        n_targets=1,
+        aggregate_function="AVERAGE",
+        post_transform="NONE",
+        nodes_treeids=tree_of.tolist(),
+        nodes_nodeids=local.tolist(),
+        nodes_featureids=np.where(is_leaf, 0, trees["feature"]).tolist(),
+        nodes_values=threshold.tolist(),
+        nodes_modes=["LEAF" if leaf else "BRANCH_LEQ" for leaf in is_leaf],
+        nodes_truenodeids=np.where(is_leaf, 0, trees["left"] - roots[tree_of]).tolist(),
+        nodes_falsenodeids=np.where(
+            is_leaf, 0, trees["right"] - roots[tree_of]
+        ).tolist(),
+        nodes_missing_value_tracks_true=[0] * len(tree_of),
+        target_treeids=tree_of[is_leaf].tolist(),
+        target_nodeids=local[is_leaf].tolist(),
+        target_ids=[0] * int(is_leaf.sum()),
+        target_weights=trees["value"][is_leaf].astype(np.float32).tolist(),
+    )
+    flat = graph.op("Reshape", output, graph.constant(np.array([-1], dtype=np.int64)))
+    return graph.cast(flat, np.float64)
+
+
 def _robust_scale(graph, value, scale):
     center = graph.constant(np.array(float(scale.center_)))
     width = graph.constant(np.array(float(scale.scale_)))
@@ -269,6 +320,11 @@ def _build_graph(onnx, scaler, detector, opset):
         anomaly = graph.op("Mul", total, half)
         if detector._defect_probability is not None:
             probability = _defect_probability(graph, detector._defect_probability, rows)
+            if detector._defect_forest is not None:
+                forest = _forest_probability(graph, detector._defect_forest, rows)
+                probability = graph.op(
+                    "Mul", graph.op("Add", probability, forest), half
+                )
             anomaly = graph.op("Mul", graph.op("Add", anomaly, probability), half)
     elif method == "combined":
         anomaly = graph.op(
@@ -338,7 +394,11 @@ def export_decision_function(model, path, *, opset=17):
     )
     model_proto = onnx.helper.make_model_gen_version(
         graph_proto,
-        opset_imports=[onnx.helper.make_opsetid("", opset)],
+        opset_imports=[onnx.helper.make_opsetid("", opset)]
+        + [
+            onnx.helper.make_opsetid(domain, ONNX_ML_OPSET)
+            for domain in sorted(graph.domains)
+        ],
         producer_name="sk_cae",
         doc_string=(
             "decision: decision_function of an sk_cae ContrastiveAEDetector "

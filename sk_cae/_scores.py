@@ -5,10 +5,12 @@ estimator negates them for scikit-learn's ``score_samples``.
 """
 
 import mmap
+import warnings
 
 import numpy as np
 import torch
 from scipy.special import expit
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
@@ -18,6 +20,9 @@ SCORE_METHODS = ("reconstruction", "latent", "combined", "hybrid", "hybrid_logis
 
 # Folds of the out-of-fold defect probabilities of the training rows.
 PROBABILITY_FOLDS = 5
+
+# Trees of the random forest in the defect probability (DefectForest).
+FOREST_TREES = 100
 
 # Iteration cap of the logistic regression; standardized rows converge long
 # before it.
@@ -496,29 +501,13 @@ class DefectProbability:
 
     def out_of_fold(self, X_main, X_defects, *, main_weight=1.0, seed=0):
         """Return the probabilities of the training rows from models fitted
-        without them: up to ``PROBABILITY_FOLDS`` folds stratified by group.
+        without them; see :func:`out_of_fold`."""
 
-        The probability of a row from the model that saw it flatters the
-        labeled defects above all, which would move the threshold. With a
-        single labeled defect or a single main row there is no fold to leave
-        it out of, and the fitted model scores every row.
-        """
-        n_main, n_defects = len(X_main), len(X_defects)
-        X = np.vstack([X_main, X_defects])
-        n_splits = min(PROBABILITY_FOLDS, n_defects, n_main)
-        if n_splits < 2:
-            return self.probability(X[:n_main]), self.probability(X[n_main:])
-        is_defect = np.arange(len(X)) >= n_main
-        folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        probability = np.empty(len(X))
-        for fitted_on, left_out in folds.split(X, is_defect):
-            coef, intercept = self._fit_linear(
-                X[fitted_on][~is_defect[fitted_on]],
-                X[fitted_on][is_defect[fitted_on]],
-                main_weight,
-            )
-            probability[left_out] = expit(X[left_out] @ coef + intercept)
-        return probability[:n_main], probability[n_main:]
+        def fit_predict(X_main, X_defects, rows):
+            coef, intercept = self._fit_linear(X_main, X_defects, main_weight)
+            return expit(rows @ coef + intercept)
+
+        return out_of_fold(self, fit_predict, X_main, X_defects, seed)
 
     def probability(self, X):
         """Return the defect probability of every row of ``X``, rounded to
@@ -531,6 +520,209 @@ class DefectProbability:
         options = {"device": rows.device, "dtype": rows.dtype}
         coef = torch.as_tensor(self.coef_, **options)
         return torch.sigmoid(rows @ coef + self.intercept_)
+
+
+def out_of_fold(model, fit_predict, X_main, X_defects, seed):
+    """Return the defect probabilities of the main rows and of the defects,
+    each from a model fitted without it: up to ``PROBABILITY_FOLDS`` folds
+    stratified by group, with ``fit_predict(X_main, X_defects, rows)``
+    fitting on the first two and returning the probabilities of ``rows``.
+
+    The probability of a row from the model that saw it flatters the labeled
+    defects above all, which would move the threshold. With a single labeled
+    defect or a single main row there is no fold to leave it out of, and the
+    fitted ``model`` scores every row.
+    """
+    n_main, n_defects = len(X_main), len(X_defects)
+    X = np.vstack([X_main, X_defects])
+    n_splits = min(PROBABILITY_FOLDS, n_defects, n_main)
+    if n_splits < 2:
+        return model.probability(X[:n_main]), model.probability(X[n_main:])
+    is_defect = np.arange(len(X)) >= n_main
+    folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    probability = np.empty(len(X))
+    for fitted_on, left_out in folds.split(X, is_defect):
+        probability[left_out] = fit_predict(
+            X[fitted_on][~is_defect[fitted_on]],
+            X[fitted_on][is_defect[fitted_on]],
+            X[left_out],
+        )
+    return probability[:n_main], probability[n_main:]
+
+
+class DefectForest:
+    """Probability that a row is a labeled defect, by a random forest.
+
+    A scikit-learn ``RandomForestClassifier`` of ``FOREST_TREES`` trees, with
+    the two groups weighted equally in each tree's bootstrap sample
+    (``class_weight="balanced_subsample"``), is fitted on the rows as given,
+    labeled defects against main-group rows. Its trees find defects that
+    differ from the main group in a few features at once, where a distance
+    over all features and a single hyperplane both blur the difference.
+
+    Besides the fitted forest, the trees are kept as plain arrays
+    (``trees_``), which model files and the ONNX graph store. A forest
+    rebuilt from the arrays alone (:meth:`from_arrays`) walks them in numpy:
+    same probabilities, more slowly.
+
+    Parameters
+    ----------
+    random_state : int
+        Seed of the bootstrap samples and of the features tried at each split.
+    """
+
+    def __init__(self, random_state=0):
+        self.random_state = random_state
+
+    def fit(self, X_main, X_defects):
+        X = np.vstack([X_main, X_defects]).astype(np.float32)
+        y = np.r_[np.zeros(len(X_main)), np.ones(len(X_defects))]
+        self.forest_ = RandomForestClassifier(
+            n_estimators=FOREST_TREES,
+            class_weight="balanced_subsample",
+            oob_score=True,
+            random_state=self.random_state,
+            n_jobs=1,
+        )
+        with warnings.catch_warnings():
+            # Rows that every tree drew get no out-of-bag probability; they
+            # are handled in out_of_bag().
+            warnings.filterwarnings("ignore", "Some inputs do not have OOB")
+            warnings.filterwarnings("ignore", "invalid value encountered")
+            self.forest_.fit(X, y)
+        self.trees_ = forest_arrays(self.forest_)
+        return self
+
+    @classmethod
+    def from_arrays(cls, trees, n_features):
+        """Return a forest that scores with the tree arrays ``trees`` (as
+        made by :func:`forest_arrays`), after checking that every node
+        refers to an existing feature and to later nodes only.
+
+        Raises ``ValueError`` naming the first inconsistency found.
+        """
+        check_forest_arrays(trees, n_features)
+        forest = cls()
+        forest.trees_ = trees
+        return forest
+
+    def out_of_bag(self, X_main, X_defects):
+        """Return the probabilities of the main rows and of the defects that
+        the forest was fitted on, each from the trees whose bootstrap sample
+        left it out (about a third of them).
+
+        Like out-of-fold probabilities, they do not flatter the labeled
+        defects, and they cost no further fit. A row that every tree drew
+        gets the whole forest's probability.
+        """
+        column = list(self.forest_.classes_).index(1.0)
+        probability = self.forest_.oob_decision_function_[:, column].astype(np.float64)
+        missing = ~np.isfinite(probability)
+        if missing.any():
+            rows = np.vstack([X_main, X_defects])
+            probability[missing] = self.probability(rows[missing])
+        n_main = len(X_main)
+        return probability[:n_main], probability[n_main:]
+
+    def probability(self, X):
+        """Return the defect probability of every row of ``X`` (as float32)."""
+        rows = np.asarray(X, dtype=np.float32)
+        if not hasattr(self, "forest_"):
+            return forest_probability(self.trees_, rows)
+        column = list(self.forest_.classes_).index(1.0)
+        return self.forest_.predict_proba(rows)[:, column].astype(np.float64)
+
+
+# The arrays of a forest: the nodes of all trees in one sequence, tree after
+# tree, each tree's nodes in scikit-learn's order, which puts children after
+# their parent. A leaf has feature 0, threshold +inf and itself as both
+# children, so that walking on from a leaf stays there.
+FOREST_ARRAYS = ("feature", "threshold", "left", "right", "value", "roots", "depth")
+
+
+def forest_arrays(forest):
+    """Return the trees of a fitted ``RandomForestClassifier`` of labels 0
+    and 1 as plain arrays (see ``FOREST_ARRAYS``); ``value`` is a leaf's
+    fraction of defects (label 1) and ``depth`` the deepest tree's depth."""
+    column = list(forest.classes_).index(1.0)
+    parts = {name: [] for name in FOREST_ARRAYS[:-1]}
+    offset = 0
+    for tree in (estimator.tree_ for estimator in forest.estimators_):
+        nodes = np.arange(tree.node_count)
+        leaf = tree.children_left < 0
+        counts = tree.value[:, 0, :]
+        fraction = counts[:, column] / counts.sum(axis=1)
+        parts["feature"].append(np.where(leaf, 0, tree.feature))
+        parts["threshold"].append(np.where(leaf, np.inf, tree.threshold))
+        parts["left"].append(np.where(leaf, nodes, tree.children_left) + offset)
+        parts["right"].append(np.where(leaf, nodes, tree.children_right) + offset)
+        parts["value"].append(np.where(leaf, fraction, 0.0))
+        parts["roots"].append([offset])
+        offset += tree.node_count
+    trees = {name: np.concatenate(values) for name, values in parts.items()}
+    for name in ("feature", "left", "right", "roots"):
+        trees[name] = trees[name].astype(np.int64)
+    trees["threshold"] = trees["threshold"].astype(np.float64)
+    trees["value"] = trees["value"].astype(np.float64)
+    trees["depth"] = np.array(
+        [max(estimator.tree_.max_depth for estimator in forest.estimators_)]
+    )
+    return trees
+
+
+def check_forest_arrays(trees, n_features):
+    """Raise ValueError unless ``trees`` are consistent forest arrays for rows
+    of ``n_features`` features: walking them cannot index out of bounds or
+    loop, whatever file they came from."""
+    missing = [name for name in FOREST_ARRAYS if name not in trees]
+    if missing:
+        raise ValueError(f"the forest lacks the arrays {missing}.")
+    n_nodes = len(trees["feature"])
+    for name in ("threshold", "left", "right", "value"):
+        if trees[name].shape != (n_nodes,):
+            raise ValueError(
+                f"the forest's {name!r} array has the shape {trees[name].shape}; "
+                f"expected ({n_nodes},) like its 'feature' array."
+            )
+    nodes = np.arange(n_nodes)
+    left, right, roots = trees["left"], trees["right"], trees["roots"]
+    leaf = (left == nodes) & (right == nodes)
+    checks = [
+        (trees["feature"].min(initial=0) >= 0, "feature indices below 0"),
+        (trees["feature"].max(initial=0) < n_features, "feature indices past the rows"),
+        (np.all(leaf | ((left > nodes) & (right > nodes))), "children before parents"),
+        (left.max(initial=0) < n_nodes and right.max(initial=0) < n_nodes, "children"),
+        (roots.ndim == 1 and len(roots) > 0, "no tree"),
+        (roots.min(initial=0) >= 0 and roots.max(initial=0) < n_nodes, "roots"),
+        (np.all((trees["value"] >= 0) & (trees["value"] <= 1)), "leaf values"),
+        (not np.isnan(trees["threshold"]).any(), "NaN thresholds"),
+        (trees["depth"].shape == (1,) and 0 <= trees["depth"][0] <= n_nodes, "depth"),
+    ]
+    for passed, what in checks:
+        if not passed:
+            raise ValueError(f"the forest arrays are inconsistent: {what}.")
+
+
+def forest_probability(trees, X, *, chunk_size=ENCODE_CHUNK_SIZE):
+    """Return the mean leaf value of the rows of ``X`` over the trees of the
+    forest arrays ``trees``, as scikit-learn's ``predict_proba`` computes it:
+    a float32 row goes left where its value is at most the threshold."""
+    rows = np.asarray(X, dtype=np.float32)
+    depth = int(trees["depth"][0])
+    probability = np.empty(len(rows))
+    for start in range(0, len(rows), chunk_size):
+        chunk = rows[start : start + chunk_size].astype(np.float64)
+        node = np.broadcast_to(trees["roots"], (len(chunk), len(trees["roots"])))
+        positions = np.arange(len(chunk))[:, None]
+        # Leaves point to themselves, so walking the deepest tree's depth
+        # brings every row of every tree to its leaf.
+        for _ in range(depth):
+            goes_left = (
+                chunk[positions, trees["feature"][node]] <= trees["threshold"][node]
+            )
+            node = np.where(goes_left, trees["left"][node], trees["right"][node])
+        probability[start : start + chunk_size] = trees["value"][node].mean(axis=1)
+    return probability
 
 
 class RobustScale:

@@ -189,3 +189,23 @@ def test_unfitted_detector_raises(data):
     _, _, X_test = data
     with pytest.raises(NotFittedError):
         ContrastiveAEDetector().feature_contributions(X_test)
+
+
+def test_forest_contributions_sum_exactly_to_its_change(fitted, data):
+    """The forest's shares sum to its change in probability from the
+    baseline to each row, and only features its trees split on get one."""
+    from sk_cae._explain import forest_contributions
+
+    X, y, X_test = data
+    forest = fitted["hybrid_logistic"]._defect_forest
+    baseline = np.broadcast_to(np.median(X[y == 0], axis=0), X_test.shape)
+    shares = forest_contributions(forest, X_test, baseline)
+    change = forest.probability(X_test) - forest.probability(baseline)
+    np.testing.assert_allclose(shares.sum(axis=1), change, atol=1e-12)
+    assert np.abs(change).max() > 0.5
+    trees = forest.trees_
+    split = trees["left"] != np.arange(len(trees["left"]))
+    unused = np.setdiff1d(np.arange(X.shape[1]), trees["feature"][split])
+    assert (shares[:, unused] == 0).all()
+    # The planted fault is in one feature, which gets the largest share.
+    assert (shares.mean(axis=0).argmax()) == SHIFTED

@@ -1,5 +1,6 @@
 """Tests of the model files written by ``sk_cae.io``."""
 
+import hashlib
 import io
 import json
 import pickle
@@ -351,7 +352,6 @@ def test_load_rejects_pickled_arrays(malicious_pickle, model_file, tmp_path):
         load(model_file)
 
     def same_digest(manifest):
-        import hashlib
 
         manifest["sha256"]["detector.safetensors"] = hashlib.sha256(payload).hexdigest()
 
@@ -375,7 +375,6 @@ def test_load_rejects_pickled_pipeline(malicious_pickle, data, tmp_path):
     _rewrite_member(path, "pipeline.skops", lambda data: payload)
 
     def same_digest(manifest):
-        import hashlib
 
         manifest["sha256"]["pipeline.skops"] = hashlib.sha256(payload).hexdigest()
 
@@ -564,4 +563,24 @@ def test_uncapped_local_scale_file_is_refused(detector, model_file):
     with pytest.raises(
         ModelFileError, match="'local_factor': 'capped'.*fit the detector"
     ):
+        load(model_file)
+
+
+def test_crafted_forest_arrays_are_refused(model_file):
+    """A file whose digests match but whose forest has a child before its
+    parent, which could make the walk loop, is refused on load."""
+    from safetensors.numpy import load as load_arrays
+    from safetensors.numpy import save as save_arrays
+
+    with zipfile.ZipFile(model_file) as archive:
+        arrays = load_arrays(archive.read("detector.safetensors"))
+    arrays["defect_forest.left"][0] = 0
+    payload = save_arrays(arrays)
+    _rewrite_member(model_file, "detector.safetensors", lambda data: payload)
+
+    def same_digest(manifest):
+        manifest["sha256"]["detector.safetensors"] = hashlib.sha256(payload).hexdigest()
+
+    _edit_manifest(model_file, same_digest)
+    with pytest.raises(ModelFileError, match="forest arrays are inconsistent"):
         load(model_file)

@@ -9,7 +9,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sk_cae import ContrastiveAEDetector
-from sk_cae._scores import LOGISTIC_C, BruteForceKNN, DefectProbability, LatentScorer
+from sk_cae._scores import (
+    LOGISTIC_C,
+    BruteForceKNN,
+    DefectForest,
+    DefectProbability,
+    LatentScorer,
+)
 
 
 def test_knn_returns_neighbour_positions():
@@ -198,3 +204,73 @@ def test_wide_rows_are_searched_in_small_chunks():
     distances, index = knn.query(queries, 1, return_index=True)
     np.testing.assert_array_equal(index[:, 0], np.arange(40))
     assert distances.shape == (40, 1)
+
+
+def _forest_data(seed):
+    rng = np.random.default_rng(seed)
+    X_main = rng.normal(size=(500, 6))
+    # Defects differ in two features at once, which a tree finds.
+    X_defects = rng.normal(size=(12, 6)) + [2.5, -2.5, 0, 0, 0, 0]
+    return rng, X_main, X_defects
+
+
+def test_forest_arrays_give_scikit_learn_probabilities():
+    """Walking the stored arrays gives the fitted forest's probabilities,
+    including for rows that sit exactly on a threshold."""
+    rng, X_main, X_defects = _forest_data(10)
+    forest = DefectForest(0).fit(X_main, X_defects)
+    rows = rng.normal(size=(300, 6)).astype(np.float32) * 2
+    split = forest.trees_["left"] != np.arange(len(forest.trees_["left"]))
+    features = forest.trees_["feature"][split][:20]
+    rows[np.arange(20), features] = forest.trees_["threshold"][split][:20]
+    expected = forest.forest_.predict_proba(rows)[:, 1]
+    rebuilt = DefectForest.from_arrays(forest.trees_, n_features=6)
+    np.testing.assert_array_equal(forest.probability(rows), expected)
+    np.testing.assert_array_equal(rebuilt.probability(rows), expected)
+    assert 0.0 < expected.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t["left"].__setitem__(0, 0), "children before parents"),
+        (lambda t: t["feature"].__setitem__(0, 6), "feature indices past"),
+        (lambda t: t["right"].__setitem__(0, 10**6), "children"),
+        (lambda t: t["value"].__setitem__(-1, 2.0), "leaf values"),
+        (lambda t: t.pop("roots"), "lacks the arrays"),
+    ],
+)
+def test_inconsistent_forest_arrays_are_refused(change, message):
+    _, X_main, X_defects = _forest_data(11)
+    trees = {
+        name: value.copy()
+        for name, value in DefectForest(0).fit(X_main, X_defects).trees_.items()
+    }
+    change(trees)
+    with pytest.raises(ValueError, match=message):
+        DefectForest.from_arrays(trees, n_features=6)
+
+
+def test_default_probability_is_mean_of_regression_and_forest():
+    rng, X_main, X_defects = _forest_data(12)
+    X = np.vstack([X_main, X_defects]).astype(np.float32)
+    y = np.r_[np.zeros(len(X_main)), np.ones(len(X_defects))]
+    detector = ContrastiveAEDetector(max_epochs=2, random_state=0).fit(X, y)
+    rows = rng.normal(size=(50, 6)).astype(np.float32)
+    expected = (
+        detector._defect_probability.probability(rows)
+        + detector._defect_forest.probability(rows)
+    ) / 2
+    np.testing.assert_array_equal(detector._defect_probabilities(rows), expected)
+
+
+def test_forest_out_of_bag_defects_score_lower():
+    """Each training row's out-of-bag probability comes from trees that did
+    not draw it, so the labeled defects score lower than by the whole forest."""
+    _, X_main, X_defects = _forest_data(13)
+    forest = DefectForest(0).fit(X_main, X_defects)
+    main, defects = forest.out_of_bag(X_main, X_defects)
+    assert main.shape == (len(X_main),) and defects.shape == (len(X_defects),)
+    assert np.isfinite(main).all() and np.isfinite(defects).all()
+    assert defects.mean() < forest.probability(X_defects).mean() - 0.1
+    assert defects.mean() > main.mean() + 0.3
