@@ -30,6 +30,10 @@ MAX_DISTANCES = 2**23
 # Feature orders averaged in the contributions of the random forest.
 FOREST_PERMUTATIONS = 16
 
+# Upper bound on the number of values of the path points that the forest
+# scores at once: 2**22 float32 values take 16 MiB.
+MAX_PATH_ENTRIES = 2**22
+
 
 def reconstruction_contributions(module, X, *, device="cpu"):
     """Return each feature's squared reconstruction error divided by the
@@ -101,7 +105,9 @@ def forest_contributions(forest, X, baseline, *, n_permutations=FOREST_PERMUTATI
     each row move from the baseline to the row one at a time in that order,
     and each move is credited with the change in probability it causes. The
     shares of one order sum exactly to the total change, and so does their
-    mean over the orders. Features that no tree splits on get no share.
+    mean over the orders. Features that no tree splits on get no share. All
+    the points of one order's paths are scored in one call per chunk of
+    rows.
 
     Returns
     -------
@@ -111,17 +117,24 @@ def forest_contributions(forest, X, baseline, *, n_permutations=FOREST_PERMUTATI
     trees = forest.trees_
     is_split = trees["left"] != np.arange(len(trees["left"]))
     used = np.unique(trees["feature"][is_split])
+    n_points = len(used) + 1
+    chunk_size = max(1, MAX_PATH_ENTRIES // (n_points * n_features))
     contributions = np.zeros((n_samples, n_features))
     # A fixed seed keeps the contributions of a fitted detector reproducible.
     rng = np.random.default_rng(0)
     for _ in range(n_permutations):
-        rows = np.array(baseline, dtype=np.float32)
-        before = forest.probability(rows)
-        for feature in rng.permutation(used):
-            rows[:, feature] = X[:, feature]
-            after = forest.probability(rows)
-            contributions[:, feature] += after - before
-            before = after
+        order = rng.permutation(used)
+        rank = np.full(n_features, n_points)
+        rank[order] = np.arange(len(order))
+        # moved[k, f]: after k moves, feature f has its value in the row.
+        moved = np.arange(n_points)[:, None] > rank[None, :]
+        for start in range(0, n_samples, chunk_size):
+            rows = np.asarray(X[start : start + chunk_size], dtype=np.float32)
+            origin = np.asarray(baseline[start : start + chunk_size], dtype=np.float32)
+            path = np.where(moved[None], rows[:, None, :], origin[:, None, :])
+            probability = forest.probability(path.reshape(-1, n_features))
+            steps = np.diff(probability.reshape(len(rows), n_points), axis=1)
+            contributions[start : start + len(rows), order] += steps
     return contributions / n_permutations
 
 

@@ -282,17 +282,19 @@ def _robust_scale(graph, value, scale):
 
 
 def _scaled_input(graph, scaler, value):
-    """Apply a fitted StandardScaler in float64 and return float32 rows."""
+    """Apply a fitted StandardScaler to the float32 rows in float32, as
+    scikit-learn does for float32 input: it casts ``mean_`` and ``scale_`` to
+    the rows' type first. The scaled rows are then the same to the last bit,
+    which the random forest's thresholds need."""
     if scaler is None or not (scaler.with_mean or scaler.with_std):
         return value
-    value = graph.cast(value, np.float64)
     if scaler.with_mean:
-        mean = graph.constant(np.asarray(scaler.mean_, dtype=np.float64), "mean")
+        mean = graph.constant(np.asarray(scaler.mean_, dtype=np.float32), "mean")
         value = graph.op("Sub", value, mean)
     if scaler.with_std:
-        std = graph.constant(np.asarray(scaler.scale_, dtype=np.float64), "scale")
+        std = graph.constant(np.asarray(scaler.scale_, dtype=np.float32), "scale")
         value = graph.op("Div", value, std)
-    return graph.cast(value, np.float32)
+    return value
 
 
 def _build_graph(onnx, scaler, detector, opset):

@@ -596,13 +596,12 @@ class DefectForest:
     @classmethod
     def from_arrays(cls, trees, n_features):
         """Return a forest that scores with the tree arrays ``trees`` (as
-        made by :func:`forest_arrays`), after checking that every node
-        refers to an existing feature and to later nodes only.
+        made by :func:`forest_arrays`), after :func:`check_forest_arrays`.
 
         Raises ``ValueError`` naming the first inconsistency found.
         """
-        check_forest_arrays(trees, n_features)
         forest = cls()
+        forest._depths = check_forest_arrays(trees, n_features)
         forest.trees_ = trees
         return forest
 
@@ -628,7 +627,7 @@ class DefectForest:
         """Return the defect probability of every row of ``X`` (as float32)."""
         rows = np.asarray(X, dtype=np.float32)
         if not hasattr(self, "forest_"):
-            return forest_probability(self.trees_, rows)
+            return forest_probability(self.trees_, rows, depths=self._depths)
         column = list(self.forest_.classes_).index(1.0)
         return self.forest_.predict_proba(rows)[:, column].astype(np.float64)
 
@@ -636,7 +635,8 @@ class DefectForest:
 # The arrays of a forest: the nodes of all trees in one sequence, tree after
 # tree, each tree's nodes in scikit-learn's order, which puts children after
 # their parent. A leaf has feature 0, threshold +inf and itself as both
-# children, so that walking on from a leaf stays there.
+# children, so that walking on from a leaf stays there; its value is the
+# fraction of defects among its training rows, and that of an inner node is 0.
 FOREST_ARRAYS = ("feature", "threshold", "left", "right", "value", "roots", "depth")
 
 
@@ -671,56 +671,126 @@ def forest_arrays(forest):
 
 
 def check_forest_arrays(trees, n_features):
-    """Raise ValueError unless ``trees`` are consistent forest arrays for rows
-    of ``n_features`` features: walking them cannot index out of bounds or
-    loop, whatever file they came from."""
+    """Return the depth of each tree of the forest arrays ``trees`` after
+    checking that they form proper trees over rows of ``n_features``
+    features, whatever file they came from.
+
+    Each tree's nodes must follow its root up to the next root, every inner
+    node must have two different children later in its own tree, and every
+    node but the roots must have exactly one parent. Walking the arrays then
+    cannot loop or leave them, and takes at most as many steps per row as
+    there are nodes. Raises ``ValueError`` naming the first problem found.
+    """
     missing = [name for name in FOREST_ARRAYS if name not in trees]
     if missing:
         raise ValueError(f"the forest lacks the arrays {missing}.")
-    n_nodes = len(trees["feature"])
-    for name in ("threshold", "left", "right", "value"):
-        if trees[name].shape != (n_nodes,):
+    feature, threshold = trees["feature"], trees["threshold"]
+    left, right, roots = trees["left"], trees["right"], trees["roots"]
+    n_nodes = len(feature)
+    for name in ("feature", "threshold", "left", "right", "value"):
+        if trees[name].shape != (n_nodes,) or n_nodes == 0:
             raise ValueError(
                 f"the forest's {name!r} array has the shape {trees[name].shape}; "
-                f"expected ({n_nodes},) like its 'feature' array."
+                f"expected ({n_nodes},) like its 'feature' array, with at least "
+                "one node."
             )
+    if (
+        roots.ndim != 1
+        or len(roots) == 0
+        or roots[0] != 0
+        or np.any(np.diff(roots) <= 0)
+        or roots[-1] >= n_nodes
+    ):
+        raise ValueError(
+            f"the forest's roots {roots[:10].tolist()} (showing at most 10) must "
+            f"start at node 0 and increase strictly, below its {n_nodes} nodes."
+        )
     nodes = np.arange(n_nodes)
-    left, right, roots = trees["left"], trees["right"], trees["roots"]
+    ends = np.r_[roots[1:], n_nodes][np.searchsorted(roots, nodes, side="right") - 1]
     leaf = (left == nodes) & (right == nodes)
+    proper = (nodes < left) & (left < ends) & (nodes < right) & (right < ends)
+    bad = ~leaf & ~(proper & (left != right))
+    if bad.any():
+        node = int(np.argmax(bad))
+        raise ValueError(
+            f"node {node} of the forest has the children {left[node]} and "
+            f"{right[node]}; an inner node needs two different children after "
+            f"it in its own tree, which ends before node {ends[node]}, and a "
+            "leaf names itself twice."
+        )
+    inner = ~leaf
+    parents = np.bincount(np.r_[left[inner], right[inner]], minlength=n_nodes)
+    expected = np.ones(n_nodes, dtype=np.int64)
+    expected[roots] = 0
+    if np.any(parents != expected):
+        node = int(np.argmax(parents != expected))
+        raise ValueError(
+            f"node {node} of the forest is a child of {parents[node]} nodes; "
+            f"expected {expected[node]}."
+        )
     checks = [
-        (trees["feature"].min(initial=0) >= 0, "feature indices below 0"),
-        (trees["feature"].max(initial=0) < n_features, "feature indices past the rows"),
-        (np.all(leaf | ((left > nodes) & (right > nodes))), "children before parents"),
-        (left.max(initial=0) < n_nodes and right.max(initial=0) < n_nodes, "children"),
-        (roots.ndim == 1 and len(roots) > 0, "no tree"),
-        (roots.min(initial=0) >= 0 and roots.max(initial=0) < n_nodes, "roots"),
-        (np.all((trees["value"] >= 0) & (trees["value"] <= 1)), "leaf values"),
-        (not np.isnan(trees["threshold"]).any(), "NaN thresholds"),
-        (trees["depth"].shape == (1,) and 0 <= trees["depth"][0] <= n_nodes, "depth"),
+        (inner & ((feature < 0) | (feature >= n_features)), "feature", feature),
+        (inner & ~np.isfinite(threshold), "threshold", threshold),
+        (
+            leaf & ~((trees["value"] >= 0) & (trees["value"] <= 1)),
+            "value",
+            trees["value"],
+        ),
     ]
-    for passed, what in checks:
-        if not passed:
-            raise ValueError(f"the forest arrays are inconsistent: {what}.")
+    for wrong, name, values in checks:
+        if wrong.any():
+            node = int(np.argmax(wrong))
+            raise ValueError(
+                f"node {node} of the forest has the {name} {values[node]}; "
+                "expected a feature index from 0 to "
+                f"{n_features - 1}, a finite threshold and leaf values in [0, 1]."
+            )
+    depth = _tree_depths(left, right, roots, leaf)
+    if trees["depth"].shape != (1,) or trees["depth"][0] != depth.max():
+        raise ValueError(
+            f"the forest's 'depth' is {trees['depth'].tolist()}; its trees are "
+            f"[{int(depth.max())}] deep."
+        )
+    return depth
 
 
-def forest_probability(trees, X, *, chunk_size=ENCODE_CHUNK_SIZE):
+def _tree_depths(left, right, roots, leaf):
+    """Return the depth of each tree, level by level from the roots."""
+    node_depth = np.zeros(len(left), dtype=np.int64)
+    level, frontier = 0, roots
+    while frontier.size:
+        inner = frontier[~leaf[frontier]]
+        frontier = np.r_[left[inner], right[inner]]
+        level += 1
+        node_depth[frontier] = level
+    return np.maximum.reduceat(node_depth, roots)
+
+
+def forest_probability(trees, X, *, depths=None, chunk_size=ENCODE_CHUNK_SIZE):
     """Return the mean leaf value of the rows of ``X`` over the trees of the
     forest arrays ``trees``, as scikit-learn's ``predict_proba`` computes it:
-    a float32 row goes left where its value is at most the threshold."""
+    a float32 row goes left where its value is at most the threshold.
+    ``depths``, the depth of each tree, is worked out where not given."""
     rows = np.asarray(X, dtype=np.float32)
-    depth = int(trees["depth"][0])
+    nodes = np.arange(len(trees["left"]))
+    leaf = (trees["left"] == nodes) & (trees["right"] == nodes)
+    if depths is None:
+        depths = _tree_depths(trees["left"], trees["right"], trees["roots"], leaf)
+    # Deepest trees first: step s walks only the trees deeper than s.
+    order = np.argsort(-depths, kind="stable")
+    roots, depths = trees["roots"][order], depths[order]
     probability = np.empty(len(rows))
     for start in range(0, len(rows), chunk_size):
         chunk = rows[start : start + chunk_size].astype(np.float64)
-        node = np.broadcast_to(trees["roots"], (len(chunk), len(trees["roots"])))
+        node = np.repeat(roots[None, :], len(chunk), axis=0)
         positions = np.arange(len(chunk))[:, None]
-        # Leaves point to themselves, so walking the deepest tree's depth
-        # brings every row of every tree to its leaf.
-        for _ in range(depth):
-            goes_left = (
-                chunk[positions, trees["feature"][node]] <= trees["threshold"][node]
+        for step in range(int(depths[0]) if len(depths) else 0):
+            walking = node[:, : int(np.sum(depths > step))]
+            values = chunk[positions, trees["feature"][walking]]
+            goes_left = values <= trees["threshold"][walking]
+            node[:, : walking.shape[1]] = np.where(
+                goes_left, trees["left"][walking], trees["right"][walking]
             )
-            node = np.where(goes_left, trees["left"][node], trees["right"][node])
         probability[start : start + chunk_size] = trees["value"][node].mean(axis=1)
     return probability
 

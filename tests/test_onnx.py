@@ -179,3 +179,35 @@ def test_missing_onnx_names_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ImportError, match=r"pip install 'sk-cae\[onnx\]'"):
         export_onnx(ContrastiveAEDetector(), io.BytesIO())
+
+
+def test_onnx_forest_branches_match_in_pipeline():
+    """Raw float32 values within 64 float32 steps of the scaled forest
+    thresholds take the same branch in the graph as in the Pipeline, whose
+    StandardScaler computes in float32."""
+    rng = np.random.default_rng(7)
+    X = np.vstack(
+        [rng.normal(size=(300, 5)), rng.normal(size=(12, 5)) + [2, -2, 0, 0, 0]]
+    )
+    X = (X * 3 + 10).astype(np.float32)
+    y = np.r_[np.zeros(300), np.ones(12)]
+    model = make_pipeline(
+        StandardScaler(), ContrastiveAEDetector(max_epochs=2, random_state=0)
+    ).fit(X, y)
+    scaler, trees = model[0], model[-1]._defect_forest.trees_
+    split = np.flatnonzero(trees["left"] != np.arange(len(trees["left"])))
+    rows = []
+    for node in split:
+        feature = trees["feature"][node]
+        centre = np.float32(
+            trees["threshold"][node] * scaler.scale_[feature] + scaler.mean_[feature]
+        )
+        for raw in centre + np.arange(-64, 65) * np.spacing(centre):
+            row = np.median(X, axis=0)
+            row[feature] = raw
+            rows.append(row)
+    rows = np.asarray(rows, dtype=np.float32)
+    decision, _ = _run(_export(model), rows)
+    np.testing.assert_allclose(
+        decision, model.decision_function(rows), rtol=0, atol=1e-6
+    )

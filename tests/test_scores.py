@@ -230,13 +230,32 @@ def test_forest_arrays_give_scikit_learn_probabilities():
     assert 0.0 < expected.max() <= 1.0
 
 
+def _share_child(trees):
+    """Point the root's left child at the node its right child points to."""
+    trees["left"][0] = trees["right"][0]
+
+
+def _second_parent(trees):
+    """Give a grandchild a second parent by swapping in another subtree."""
+    inner = np.flatnonzero(trees["left"] != np.arange(len(trees["left"])))
+    trees["left"][inner[1]] = trees["right"][inner[2]]
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda t: t["left"].__setitem__(0, 0), "children before parents"),
-        (lambda t: t["feature"].__setitem__(0, 6), "feature indices past"),
-        (lambda t: t["right"].__setitem__(0, 10**6), "children"),
-        (lambda t: t["value"].__setitem__(-1, 2.0), "leaf values"),
+        (
+            lambda t: t["left"].__setitem__(0, 0),
+            "node 0 of the forest has the children",
+        ),
+        (_share_child, "two different children"),
+        (_second_parent, r"is a child of \d nodes; expected 1"),
+        (lambda t: t["feature"].__setitem__(0, 6), "has the feature 6"),
+        (lambda t: t["right"].__setitem__(0, 10**6), "has the children"),
+        (lambda t: t["value"].__setitem__(-1, 2.0), "has the value 2.0"),
+        (lambda t: t["depth"].__setitem__(0, 0), "'depth' is \\[0\\]"),
+        (lambda t: t.__setitem__("roots", t["roots"][::-1].copy()), "must start at"),
+        (lambda t: t.__setitem__("roots", t["roots"][1:].copy()), "must start at"),
         (lambda t: t.pop("roots"), "lacks the arrays"),
     ],
 )
