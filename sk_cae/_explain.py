@@ -100,14 +100,13 @@ def forest_contributions(forest, X, baseline, *, n_permutations=FOREST_PERMUTATI
     probability from ``baseline`` to ``X``.
 
     A forest has no gradient, so its change is split by sampling Shapley
-    values (Castro, Gomez and Tejada, Computers & Operations Research, 2009).
-    For each of ``n_permutations`` random feature orders, the features of
-    each row move from the baseline to the row one at a time in that order,
-    and each move is credited with the change in probability it causes. The
-    shares of one order sum exactly to the total change, and so does their
-    mean over the orders. Features that no tree splits on get no share. All
-    the points of one order's paths are scored in one call per chunk of
-    rows.
+    values over feature orders. For each of ``n_permutations`` random
+    feature orders, the features of each row move from the baseline to the
+    row one at a time in that order, and each move is credited with the
+    change in probability it causes. The shares of one order sum exactly to
+    the total change, and so does their mean over the orders. Features that
+    no tree splits on get no share. All the points of one order's paths are
+    scored in one call per chunk of rows.
 
     Returns
     -------
@@ -203,7 +202,7 @@ def anomaly_contributions(
             score, X, baseline, n_steps=n_steps, n_reference=n_reference, device=device
         )
         if defect_forest is not None and defect_probability is not None:
-            # The score holds the forest's probability with a weight of 1/4.
+            # The score contains the forest's probability with a weight of 1/4.
             contributions += forest_contributions(defect_forest, X, baseline) / 4
         return contributions
     finally:

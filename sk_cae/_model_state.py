@@ -38,8 +38,9 @@ FITTED_SCALES = ("_error_scale", "_latent_scale")
 # Neighbour scorers (LatentScorer instances, or None where the score method
 # does not use one), each rebuilt from the reference rows it was fitted on.
 NEIGHBOR_SCORERS = {"_latent_scorer": "latent_scorer", "_input_scorer": "input_scorer"}
-# How a scorer with a local scale forgives d_main: by min(1, typical / local
-# spacing), with the input scorer's factor also applied to the latent scorer.
+# The rule of a scorer with a local scale: d_main is multiplied by min(1,
+# typical / local spacing), and the input scorer's factor also applies to the
+# latent scorer.
 LOCAL_FACTOR_RULE = "capped"
 # The logistic regression of the "hybrid_logistic" score, stored as its
 # coefficients and intercept.

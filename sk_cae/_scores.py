@@ -30,8 +30,8 @@ LOGISTIC_MAX_ITER = 2000
 
 # Inverse strength of the logistic regression's L2 penalty. With a handful of
 # labeled defects and tens or hundreds of features, scikit-learn's default of
-# 1 fits the labeled defects too closely: on the shared benchmark scenarios
-# 0.1 ranked unseen defects better at 5, 10 and 25 labels, and 0.01 worse
+# 1 fits the labeled defects too closely. On the benchmark scenarios, 0.1
+# ranked unseen defects better at 5, 10 and 25 labels, and 0.01 worse
 # (benchmarks/NOTES.md, Run 6).
 LOGISTIC_C = 0.1
 
@@ -635,15 +635,15 @@ class DefectForest:
 # The arrays of a forest: the nodes of all trees in one sequence, tree after
 # tree, each tree's nodes in scikit-learn's order, which puts children after
 # their parent. A leaf has feature 0, threshold +inf and itself as both
-# children, so that walking on from a leaf stays there; its value is the
-# fraction of defects among its training rows, and that of an inner node is 0.
+# children, so that walking on from a leaf stays there. A leaf's value is the
+# fraction of defects among its training rows, and an inner node's is 0.
 FOREST_ARRAYS = ("feature", "threshold", "left", "right", "value", "roots", "depth")
 
 
 def forest_arrays(forest):
     """Return the trees of a fitted ``RandomForestClassifier`` of labels 0
-    and 1 as plain arrays (see ``FOREST_ARRAYS``); ``value`` is a leaf's
-    fraction of defects (label 1) and ``depth`` the deepest tree's depth."""
+    and 1 as plain arrays (see ``FOREST_ARRAYS``). ``value`` is a leaf's
+    fraction of defects (label 1), and ``depth`` the deepest tree's depth."""
     column = list(forest.classes_).index(1.0)
     parts = {name: [] for name in FOREST_ARRAYS[:-1]}
     offset = 0

@@ -554,7 +554,8 @@ def test_default_model_keeps_defect_probability(data, detector, model_file):
 
 def test_uncapped_local_scale_file_is_refused(detector, model_file):
     """A file with a local scale but no local_factor entry comes from a build
-    whose score differed, and loading it says so instead of scoring anew."""
+    whose score differed, and loading it raises an error instead of scoring
+    anew."""
 
     def uncapped(manifest):
         del manifest["detector"]["neighbor_scorers"]["input_scorer"]["local_factor"]

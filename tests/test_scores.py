@@ -40,7 +40,7 @@ def _two_densities(rng):
 
 def test_local_scale_forgives_only_sparse_parts():
     """A row off the sparse cluster gets a d_main several times smaller with
-    the local scale; a row off a dense cluster keeps its plain d_main, and no
+    the local scale. A row off a dense cluster keeps its plain d_main, and no
     row gets a larger one."""
     rng = np.random.default_rng(1)
     main = _two_densities(rng)
@@ -70,7 +70,8 @@ def test_local_factor_can_come_from_another_scorer():
     rows = rng.uniform(-5.0, 60.0, size=(50, 2))
     local_score, factor = local.score(rows, return_factor=True)
     np.testing.assert_array_equal(plain.score(rows, local_factor=factor), local_score)
-    assert (factor <= 1.0).all() and (factor < 1.0).any()
+    assert (factor <= 1.0).all()
+    assert (factor < 1.0).any()
 
 
 def test_local_scale_is_off_for_identical_rows():
@@ -289,7 +290,9 @@ def test_forest_out_of_bag_defects_score_lower():
     _, X_main, X_defects = _forest_data(13)
     forest = DefectForest(0).fit(X_main, X_defects)
     main, defects = forest.out_of_bag(X_main, X_defects)
-    assert main.shape == (len(X_main),) and defects.shape == (len(X_defects),)
-    assert np.isfinite(main).all() and np.isfinite(defects).all()
+    assert main.shape == (len(X_main),)
+    assert defects.shape == (len(X_defects),)
+    assert np.isfinite(main).all()
+    assert np.isfinite(defects).all()
     assert defects.mean() < forest.probability(X_defects).mean() - 0.1
     assert defects.mean() > main.mean() + 0.3
