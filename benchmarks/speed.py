@@ -782,9 +782,10 @@ def _fixed_cost_markdown(training):
         f"Outside the epochs, `fit` spent {fixed:.2f} s "
         f"({1e6 * fixed / training['rows']:.1f} µs per training row), mostly on "
         "encoding the reference sample and the labeled defects, on their "
-        "neighbour scores, which set the threshold, and on the six fits of "
-        "the logistic regression of the default score (one final, five for "
-        "out-of-fold probabilities). "
+        "neighbour scores, which set the threshold, and on the defect "
+        "probability of the default score: six fits of its logistic "
+        "regression (one final, five for out-of-fold probabilities) and one "
+        "of its random forest. "
         "This part does not depend on the number of epochs: extrapolated to "
         f"the default `max_epochs=100`, the whole-fit ratio would be {at_100:.2f}."
     )
