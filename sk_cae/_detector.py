@@ -14,14 +14,13 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import EarlyStopping
 from skorch.dataset import ValidSplit
 
+from ._defect_probability import DefectForest, DefectProbability
 from ._explain import anomaly_contributions, check_baseline
 from ._loss import ContrastiveLoss
 from ._module import ACTIVATIONS, AutoEncoder
 from ._net import ContrastiveAENet
 from ._scores import (
     SCORE_METHODS,
-    DefectForest,
-    DefectProbability,
     LatentScorer,
     RobustScale,
     encode_rows,

@@ -13,12 +13,10 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from skorch.history import History
 
+from ._defect_probability import FOREST_ARRAYS, DefectForest, DefectProbability
 from ._detector import ContrastiveAEDetector
 from ._scores import (
-    FOREST_ARRAYS,
     SCORE_METHODS,
-    DefectForest,
-    DefectProbability,
     LatentScorer,
     RobustScale,
 )
@@ -46,7 +44,7 @@ LOCAL_FACTOR_RULE = "capped"
 # coefficients and intercept.
 DEFECT_PROBABILITY = "defect_probability"
 # The random forest that "hybrid_logistic" averages with the logistic
-# regression, stored as the arrays of its trees (see _scores.FOREST_ARRAYS).
+# regression, stored as the arrays of its trees (see _defect_probability.FOREST_ARRAYS).
 DEFECT_FOREST = "defect_forest"
 FITTED_ARRAYS = {
     "_reference_index": "reference_index",

@@ -9,13 +9,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sk_cae import ContrastiveAEDetector
-from sk_cae._scores import (
-    LOGISTIC_C,
-    BruteForceKNN,
-    DefectForest,
-    DefectProbability,
-    LatentScorer,
-)
+from sk_cae._defect_probability import LOGISTIC_C, DefectForest, DefectProbability
+from sk_cae._scores import BruteForceKNN, LatentScorer
 
 
 def test_knn_returns_neighbour_positions():
