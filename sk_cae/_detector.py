@@ -157,7 +157,8 @@ class ContrastiveAEDetector(OutlierMixin, BaseEstimator):
         measurements behind it.
 
     n_neighbors : int, default=5
-        Number of main-group neighbours of the latent score.
+        Number of main-group neighbours of the neighbour scores, in the
+        latent space and, for the hybrid scores, in the input space.
 
     contamination : "auto" or float, default="auto"
         Sets ``offset_``, the threshold of :meth:`predict`. A float in
