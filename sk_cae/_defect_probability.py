@@ -66,14 +66,31 @@ class DefectProbability:
         return coef, float(model.intercept_[0] - coef @ mean)
 
     def out_of_fold(self, X_main, X_defects, *, main_weight=1.0, seed=0):
-        """Return the probabilities of the training rows from models fitted
-        without them; see :func:`out_of_fold`."""
+        """Return the probabilities of the main rows and of the defects, each
+        from a model fitted without it: up to ``PROBABILITY_FOLDS`` folds
+        stratified by group.
 
-        def fit_predict(X_main, X_defects, rows):
-            coef, intercept = self._fit_linear(X_main, X_defects, main_weight)
-            return expit(rows @ coef + intercept)
-
-        return out_of_fold(self, fit_predict, X_main, X_defects, seed)
+        The probability of a row from the model that saw it flatters the
+        labeled defects above all, which would move the threshold. With a
+        single labeled defect or a single main row there is no fold to leave
+        it out of, and the fitted model scores every row.
+        """
+        n_main, n_defects = len(X_main), len(X_defects)
+        X = np.vstack([X_main, X_defects])
+        n_splits = min(PROBABILITY_FOLDS, n_defects, n_main)
+        if n_splits < 2:
+            return self.probability(X[:n_main]), self.probability(X[n_main:])
+        is_defect = np.arange(len(X)) >= n_main
+        folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        probability = np.empty(len(X))
+        for fitted_on, left_out in folds.split(X, is_defect):
+            coef, intercept = self._fit_linear(
+                X[fitted_on][~is_defect[fitted_on]],
+                X[fitted_on][is_defect[fitted_on]],
+                main_weight,
+            )
+            probability[left_out] = expit(X[left_out] @ coef + intercept)
+        return probability[:n_main], probability[n_main:]
 
     def probability(self, X):
         """Return the defect probability of every row of ``X``, rounded to
@@ -86,34 +103,6 @@ class DefectProbability:
         options = {"device": rows.device, "dtype": rows.dtype}
         coef = torch.as_tensor(self.coef_, **options)
         return torch.sigmoid(rows @ coef + self.intercept_)
-
-
-def out_of_fold(model, fit_predict, X_main, X_defects, seed):
-    """Return the defect probabilities of the main rows and of the defects,
-    each from a model fitted without it: up to ``PROBABILITY_FOLDS`` folds
-    stratified by group, with ``fit_predict(X_main, X_defects, rows)``
-    fitting on the first two and returning the probabilities of ``rows``.
-
-    The probability of a row from the model that saw it flatters the labeled
-    defects above all, which would move the threshold. With a single labeled
-    defect or a single main row there is no fold to leave it out of, and the
-    fitted ``model`` scores every row.
-    """
-    n_main, n_defects = len(X_main), len(X_defects)
-    X = np.vstack([X_main, X_defects])
-    n_splits = min(PROBABILITY_FOLDS, n_defects, n_main)
-    if n_splits < 2:
-        return model.probability(X[:n_main]), model.probability(X[n_main:])
-    is_defect = np.arange(len(X)) >= n_main
-    folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    probability = np.empty(len(X))
-    for fitted_on, left_out in folds.split(X, is_defect):
-        probability[left_out] = fit_predict(
-            X[fitted_on][~is_defect[fitted_on]],
-            X[fitted_on][is_defect[fitted_on]],
-            X[left_out],
-        )
-    return probability[:n_main], probability[n_main:]
 
 
 class DefectForest:

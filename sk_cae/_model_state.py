@@ -319,22 +319,18 @@ def build_detector(description, arrays, device):
     scorers = expect(description, "neighbor_scorers", dict, where)
     for attribute, key in NEIGHBOR_SCORERS.items():
         setattr(detector, attribute, _rebuild_scorer(scorers, key, arrays, where))
-    # Files written before the hybrid_logistic score have no such entry.
-    stored = DEFECT_PROBABILITY in description
+    # Files written before the hybrid_logistic score, or before its forest,
+    # have no such entry.
+    stored = {
+        key: key in description and expect(description, key, bool, where)
+        for key in (DEFECT_PROBABILITY, DEFECT_FOREST)
+    }
+    n_features = detector.n_features_in_
     detector._defect_probability = _rebuild_probability(
-        stored and expect(description, DEFECT_PROBABILITY, bool, where),
-        arrays,
-        detector.n_features_in_,
-        where,
+        stored[DEFECT_PROBABILITY], arrays, n_features, where
     )
-    # Files written before the forest joined the defect probability have no
-    # such entry.
-    stored = DEFECT_FOREST in description
     detector._defect_forest = _rebuild_forest(
-        stored and expect(description, DEFECT_FOREST, bool, where),
-        arrays,
-        detector.n_features_in_,
-        where,
+        stored[DEFECT_FOREST], arrays, n_features, where
     )
     missing = sorted(set(FITTED_ARRAYS.values()) - set(arrays))
     if missing:

@@ -75,6 +75,16 @@ def _edit_manifest(path, edit):
     _rewrite_member(path, "manifest.json", transform)
 
 
+def _set_digest(path, name, payload):
+    """Record ``payload``'s SHA-256 digest for the member ``name``, as a
+    crafted file would, so that the loader reads the member."""
+
+    def same_digest(manifest):
+        manifest["sha256"][name] = hashlib.sha256(payload).hexdigest()
+
+    _edit_manifest(path, same_digest)
+
+
 class _WritesMarker:
     """Unpickling this object writes a marker file: a stand-in for any code."""
 
@@ -351,11 +361,7 @@ def test_load_rejects_pickled_arrays(malicious_pickle, model_file, tmp_path):
     with pytest.raises(ModelFileError, match="damaged or was modified"):
         load(model_file)
 
-    def same_digest(manifest):
-
-        manifest["sha256"]["detector.safetensors"] = hashlib.sha256(payload).hexdigest()
-
-    _edit_manifest(model_file, same_digest)
+    _set_digest(model_file, "detector.safetensors", payload)
     with pytest.raises(ModelFileError, match="not a valid safetensors file"):
         load(model_file)
     assert not marker.exists()
@@ -373,12 +379,7 @@ def test_load_rejects_pickled_pipeline(malicious_pickle, data, tmp_path):
         path,
     )
     _rewrite_member(path, "pipeline.skops", lambda data: payload)
-
-    def same_digest(manifest):
-
-        manifest["sha256"]["pipeline.skops"] = hashlib.sha256(payload).hexdigest()
-
-    _edit_manifest(path, same_digest)
+    _set_digest(path, "pipeline.skops", payload)
     with pytest.raises(ModelFileError, match="pipeline.skops cannot be read"):
         load(path)
     assert not marker.exists()
@@ -578,10 +579,6 @@ def test_crafted_forest_arrays_are_refused(model_file):
     arrays["defect_forest.left"][0] = 0
     payload = save_arrays(arrays)
     _rewrite_member(model_file, "detector.safetensors", lambda data: payload)
-
-    def same_digest(manifest):
-        manifest["sha256"]["detector.safetensors"] = hashlib.sha256(payload).hexdigest()
-
-    _edit_manifest(model_file, same_digest)
+    _set_digest(model_file, "detector.safetensors", payload)
     with pytest.raises(ModelFileError, match="node 0 of the forest has the children"):
         load(model_file)
