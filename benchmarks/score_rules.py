@@ -136,6 +136,9 @@ def classifier_factories(rep):
         "lr01": lambda: make_pipeline(
             StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)
         ),
+        "lr001": lambda: make_pipeline(
+            StandardScaler(), LogisticRegression(C=0.01, max_iter=2000)
+        ),
         "lrb": lambda: make_pipeline(
             StandardScaler(),
             LogisticRegression(max_iter=2000, class_weight="balanced"),
@@ -271,7 +274,12 @@ def main(argv=None):
     parser.add_argument("--scenarios", default=None)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--summary", type=Path, nargs="+")
-    parser.add_argument("--candidates", default="", help="separated by ;")
+    parser.add_argument(
+        "--candidates",
+        default="",
+        help="candidate names for --summary, separated by semicolons, since the "
+        "names contain commas",
+    )
     parser.add_argument("--classifiers", default="", help="e.g. hgb_X,lr_XZ")
     args = parser.parse_args(argv)
     if args.summary:

@@ -20,15 +20,16 @@ PROBABILITY_FOLDS = 5
 # Trees of the random forest in the defect probability (DefectForest).
 FOREST_TREES = 100
 
-# Iteration cap of the logistic regression; standardized rows converge long
+# Iteration cap of the logistic regression. Standardized rows converge long
 # before it.
 LOGISTIC_MAX_ITER = 2000
 
 # Inverse strength of the logistic regression's L2 penalty. With a handful of
 # labeled defects and tens or hundreds of features, scikit-learn's default of
 # 1 fits the labeled defects too closely. On the benchmark scenarios, 0.1
-# ranked unseen defects better at 5, 10 and 25 labels, and 0.01 worse
-# (benchmarks/NOTES.md, Run 6).
+# ranked defects above other outliers better at 5, 10 and 25 labels, with
+# about the same average precision at 5 and a higher one at 10 and 25. 0.01
+# lost average precision (benchmarks/NOTES.md, Run 6).
 LOGISTIC_C = 0.1
 
 
@@ -140,8 +141,8 @@ class DefectForest:
             n_jobs=1,
         )
         with warnings.catch_warnings():
-            # Rows that every tree drew get no out-of-bag probability; they
-            # are handled in out_of_bag().
+            # Rows that every tree drew get no out-of-bag probability, so
+            # out_of_bag() scores them with the whole forest.
             warnings.filterwarnings("ignore", "Some inputs do not have OOB")
             warnings.filterwarnings("ignore", "invalid value encountered")
             self.forest_.fit(X, y)

@@ -10,7 +10,7 @@ contributions of a row then sum to its score minus the baseline's score, up
 to the error of the ``n_steps``-point midpoint rule. Each feature's
 contribution is how much moving that feature from its baseline value to the
 row's value raised the score. The random forest in the ``"hybrid_logistic"``
-score has no gradient; its part is split by sampling Shapley values over
+score has no gradient, so its part is split by sampling Shapley values over
 random feature orders, which also sum exactly to its change.
 """
 

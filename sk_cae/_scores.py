@@ -356,7 +356,7 @@ class LatentScorer:
 
     def local_factor(self, index):
         """Return ``min(1, s_typical / s_local)`` for rows whose nearest main
-        rows are at the positions ``index``; ones without a local scale."""
+        rows are at the positions ``index``, or ones without a local scale."""
         if self.main_spacing_ is None:
             return np.ones(len(index))
         local = self.main_spacing_[index].mean(axis=1)

@@ -553,7 +553,7 @@ def test_default_model_keeps_defect_probability(data, detector, model_file):
     )
 
 
-def test_uncapped_local_scale_file_is_refused(detector, model_file):
+def test_uncapped_local_scale_file_is_rejected(detector, model_file):
     """A file with a local scale but no local_factor entry comes from a build
     whose score differed, and loading it raises an error instead of scoring
     anew."""
@@ -568,9 +568,9 @@ def test_uncapped_local_scale_file_is_refused(detector, model_file):
         load(model_file)
 
 
-def test_crafted_forest_arrays_are_refused(model_file):
+def test_crafted_forest_arrays_are_rejected(model_file):
     """A file whose digests match but whose forest has a child before its
-    parent, which could make the walk loop, is refused on load."""
+    parent, which could make the walk loop, is rejected on load."""
     from safetensors.numpy import load as load_arrays
     from safetensors.numpy import save as save_arrays
 

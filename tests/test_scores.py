@@ -255,7 +255,7 @@ def _second_parent(trees):
         (lambda t: t.pop("roots"), "lacks the arrays"),
     ],
 )
-def test_inconsistent_forest_arrays_are_refused(change, message):
+def test_inconsistent_forest_arrays_are_rejected(change, message):
     _, X_main, X_defects = _forest_data(11)
     trees = {
         name: value.copy()
